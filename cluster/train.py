@@ -1,0 +1,262 @@
+"""The training job: reward learning from best-of-k labels, then PPO against it.
+
+Reads as the paper does: collect comparisons from the initial policy, train and normalise
+the reward model, then loop sample -> score -> update -> broadcast, and evaluate the
+final policy against the initial one on held-out queries with the true labeler.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cluster.topology import Actors, check_resources, connect, start_actors
+from rlhf_dist import data as data_lib
+from rlhf_dist.config import Config, ConfigError, derived, dump_yaml
+from rlhf_dist.experience import Comparison, merge_rollouts
+from rlhf_dist.labelers import make_labeler
+from rlhf_dist.models import check_model_name, load_tokenizer
+from rlhf_dist.responses import truncate_responses
+from rlhf_dist.run_output import MetricsLog, make_run_dir, plot_metrics, read_metrics, write_samples
+
+
+def log(msg: str) -> None:
+    print(f"[rlhf_dist {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+@dataclass
+class Task:
+    """What the driver knows about text: tokenizer, stop tokens, query sets."""
+    tokenizer: object
+    stop_ids: list[int]
+    pad_id: int
+    queries: data_lib.QuerySet
+
+    def pad(self, queries: list[list[int]], length: int) -> torch.Tensor:
+        return data_lib.left_pad(queries, length, self.pad_id)
+
+    def decode(self, tokens: torch.Tensor) -> str:
+        return self.tokenizer.decode([t for t in tokens.tolist() if t != self.pad_id])
+
+
+def prepare_task(cfg: Config) -> Task:
+    """Everything that can fail cheaply, before any model is loaded."""
+    check_model_name(cfg.model)
+    tokenizer = load_tokenizer(cfg.model)
+    stop_ids = data_lib.stop_token_ids(tokenizer, cfg.data.sentence_end_texts)
+    texts = data_lib.load_texts(cfg.data.source)
+    queries = data_lib.build_queries(texts, tokenizer, set(stop_ids), cfg.data.query_length,
+                                     cfg.data.min_query_length, cfg.data.eval_fraction)
+    need_train = max(cfg.reward.num_labels, cfg.ppo.batch_size)
+    if len(queries.train) < need_train:
+        raise ConfigError(f"data.source={cfg.data.source} gives {len(queries.train)} train queries; "
+                          f"reward.num_labels/ppo.batch_size need {need_train}")
+    need_eval = max(cfg.run.eval_queries, cfg.reward.num_eval_labels)
+    if len(queries.eval) < need_eval:
+        raise ConfigError(f"data.source={cfg.data.source} gives {len(queries.eval)} held-out queries; "
+                          f"run.eval_queries/reward.num_eval_labels need {need_eval} "
+                          f"(raise data.eval_fraction or use more text)")
+    return Task(tokenizer, stop_ids, len(tokenizer), queries)
+
+
+def rollout(ray, actors: Actors, query_tokens: torch.Tensor, samples_per_query: int = 1):
+    """Split the queries across the rollout actors; refs in actor order."""
+    chunks = query_tokens.chunk(len(actors.rollout))
+    return [a.generate.remote(c, samples_per_query) for a, c in zip(actors.rollout, chunks)]
+
+
+# ---------------------------------------------------------------------------------------
+# reward learning
+
+
+def collect_comparisons(ray, actors, task: Task, cfg: Config, queries: list[list[int]], labeler, what: str):
+    """k samples of the current policy per query, truncated as at RL time, labelled best-of-k.
+    Returns (comparisons, untruncated sample tokens, their trunk features)."""
+    k, chunk = cfg.reward.k, 16 * len(actors.rollout)   # 64 samples per actor call
+    stop = torch.tensor(task.stop_ids)
+    comparisons, tokens, features, cant_tell = [], [], [], 0
+    for i in range(0, len(queries), chunk):
+        batch = merge_rollouts(ray.get(rollout(ray, actors, task.pad(queries[i:i + chunk], cfg.data.query_length), k)))
+        s = batch.samples
+        truncated = truncate_responses(s.response_tokens, stop, cfg.sampling.truncate_after, task.pad_id)
+        tokens.append(torch.cat([s.query_tokens, s.response_tokens], 1))
+        features.append(s.trunk_features)
+        for j in range(s.query_tokens.shape[0] // k):
+            rows = slice(j * k, (j + 1) * k)
+            pick = labeler.pick([task.decode(r) for r in truncated[rows]])
+            if pick.best is None:
+                cant_tell += 1
+                continue
+            strict = sum(score == max(pick.scores) for score in pick.scores) == 1
+            comparisons.append(Comparison(s.query_tokens[j * k], truncated[rows], pick.best,
+                                          None if s.trunk_features is None else s.trunk_features[rows],
+                                          int(batch.policy_versions[j * k]), strict))
+        done = min(i + chunk, len(queries))
+        if done == len(queries) or (i // chunk) % 4 == 3:
+            log(f"labels ({what}): {done}/{len(queries)} queries, {len(comparisons)} usable")
+    feats = None if features[0] is None else torch.cat(features)
+    return comparisons, torch.cat(tokens), feats, cant_tell
+
+
+def learn_reward(ray, actors, task, cfg, labeler) -> dict:
+    train_q = task.queries.train[: cfg.reward.num_labels]
+    eval_q = task.queries.eval[: cfg.reward.num_eval_labels]
+    train_c, norm_tokens, norm_feats, ct = collect_comparisons(ray, actors, task, cfg, train_q, labeler, "train")
+    eval_c, *_ = collect_comparisons(ray, actors, task, cfg, eval_q, labeler, "held-out")
+    # Normalisation samples: untruncated samples of the initial policy (x ~ D, y ~ rho), as
+    # the paper; the label collection's own samples serve, so none are drawn twice.
+    n = min(cfg.reward.normalize_samples, norm_tokens.shape[0])
+    norm_tokens, norm_feats = norm_tokens[:n], None if norm_feats is None else norm_feats[:n]
+    trainer = actors.reward_trainer
+    before = ray.get(trainer.normalise.remote(norm_tokens, norm_feats))
+    log(f"reward model: training on {len(train_c)} comparisons ({ct} can't tell)")
+    stats = ray.get(trainer.train.remote(train_c))
+    after = ray.get(trainer.normalise.remote(norm_tokens, norm_feats))
+    # Accuracy on held-out comparisons whose pick is strictly best (chance 1/k).
+    stats.update(ray.get(trainer.evaluate.remote([c for c in eval_c if c.strict])))
+    ray.get(actors.scorer.set_reward_weights.remote(trainer.weights.remote()))
+    stats.update({"reward/gain": after["gain"], "reward/bias": after["bias"], "reward/norm_samples": n,
+                  "reward/gain_before": before["gain"], "reward/cant_tell": ct})
+    log(f"reward model: loss {stats['reward/loss_first']:.3f} -> {stats['reward/loss_last']:.3f}, "
+        f"held-out accuracy {stats['reward/eval_acc']:.3f} on {stats['reward/eval_n']} comparisons (chance {1 / cfg.reward.k:.2f})")
+    return stats
+
+
+# ---------------------------------------------------------------------------------------
+# evaluation with the true labeler
+
+
+def evaluate_policy(ray, actors, task, cfg, labeler, queries) -> list[dict]:
+    stop = torch.tensor(task.stop_ids)
+    q = task.pad(queries, cfg.data.query_length)
+    rows = []
+    for i in range(0, q.shape[0], 32):
+        batch = merge_rollouts(ray.get(rollout(ray, actors, q[i:i + 32])))
+        s = batch.samples
+        truncated = truncate_responses(s.response_tokens, stop, cfg.sampling.truncate_after, task.pad_id)
+        rewards = ray.get(actors.scorer.rewards.remote(s.query_tokens, truncated, s.trunk_features))
+        texts = [task.decode(r) for r in truncated]
+        for qt, text, score, rw in zip(s.query_tokens, texts, labeler.score(texts), rewards.tolist()):
+            rows.append({"query": task.decode(qt), "response": text, "true_score": score, "reward": rw})
+    return rows
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values))
+
+
+def compare(before: list[dict], after: list[dict]) -> dict:
+    b, a = [r["true_score"] for r in before], [r["true_score"] for r in after]
+    wins = sum(1.0 if y > x else 0.5 if y == x else 0.0 for x, y in zip(b, a))
+    (mb, sb), (ma, sa) = mean_se(b), mean_se(a)
+    diffs = [y - x for x, y in zip(b, a)]
+    md, sd = mean_se(diffs)
+    return {"eval/true_score_initial": mb, "eval/true_score_initial_se": sb, "eval/true_score_final": ma,
+            "eval/true_score_final_se": sa, "eval/true_score_gain": md, "eval/true_score_gain_se": sd,
+            "eval/win_rate": wins / len(b), "eval/n": len(b)}
+
+
+# ---------------------------------------------------------------------------------------
+# PPO
+
+
+def ppo_loop(ray, actors, task, cfg, labeler, metrics: MetricsLog, reward_stats: dict) -> None:
+    num_updates = derived(cfg).num_updates
+    stream = data_lib.QueryStream(task.queries.train, cfg.data.seed)
+    inflight: deque = deque()
+    stop = torch.tensor(task.stop_ids)
+    for step in range(1, num_updates + 1):
+        t_step = time.perf_counter()
+        # Sample: up to `staleness` batches run ahead of the learner (0 = synchronous).
+        while len(inflight) < 1 + cfg.ppo.staleness:
+            inflight.append(rollout(ray, actors, task.pad(stream.next_batch(cfg.ppo.batch_size), cfg.data.query_length)))
+        t0 = time.perf_counter()
+        batch = merge_rollouts(ray.get(inflight.popleft()))
+        t_generate = time.perf_counter() - t0
+        # Score: reference logprobs and r(x, y) with truncation and penalty.
+        t0 = time.perf_counter()
+        scored = ray.get(actors.scorer.score.remote(batch))
+        t_score = time.perf_counter() - t0
+        # Update: PPO epochs on the learner.
+        t0 = time.perf_counter()
+        version_before = step - 1
+        stats = ray.get(actors.learner.update.remote(scored))
+        t_update = time.perf_counter() - t0
+        # Broadcast: one object, read by every rollout actor.
+        t0 = time.perf_counter()
+        weights = actors.learner.weights.remote()
+        acks = [a.set_weights.remote(weights) for a in actors.rollout]
+        if cfg.ppo.staleness == 0:
+            ray.get(acks)
+        t_broadcast = time.perf_counter() - t0
+        texts = [task.decode(r) for r in scored.truncated_responses]
+        true_scores = labeler.score(texts)
+        elapsed = time.perf_counter() - t_step
+        record = {"step": step, **stats, "true_score": statistics.fmean(true_scores),
+                  "policy_version_lag": version_before - int(batch.policy_versions.min()),
+                  "reward_version": scored.reward_version, "samples_per_s": cfg.ppo.batch_size / elapsed,
+                  "time/generate_s": t_generate, "time/generate_in_actor_s": batch.generate_s,
+                  "time/score_s": t_score, "time/update_s": t_update, "time/broadcast_s": t_broadcast,
+                  "time/step_s": elapsed, "data_position": stream.position}
+        metrics.write(record)
+        if step % cfg.run.log_every == 0 or step == num_updates:
+            log(f"step {step}/{num_updates} | score {record['objective/score']:+.3f} | true {record['true_score']:+.3f} | "
+                f"kl {record['objective/kl']:.2f} | beta {record['objective/kl_coef']:.4f} | "
+                f"clipfrac {record['policy/clipfrac']:.3f} | lag {record['policy_version_lag']} | "
+                f"{elapsed:.1f}s ({record['samples_per_s']:.2f} samples/s)")
+        if step == 1:
+            log(f"sample: {texts[0]!r}")
+    del stop
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def run(cfg: Config) -> dict:
+    t_start = time.perf_counter()
+    task = prepare_task(cfg)
+    run_dir = make_run_dir(cfg.run.output_dir, cfg.run.name)
+    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    log(f"run folder {run_dir}; {len(task.queries.train)} train / {len(task.queries.eval)} held-out queries")
+    ray = connect(cfg)
+    check_resources(ray, cfg.resources)
+    t0 = time.perf_counter()
+    actors = start_actors(ray, cfg, task.stop_ids, derived(cfg).num_updates)
+    log(f"actors up in {time.perf_counter() - t0:.1f}s: {len(actors.rollout)} rollout, scorer, learner, reward trainer")
+    labeler = make_labeler(cfg.labeler)
+
+    reward_stats = learn_reward(ray, actors, task, cfg, labeler)
+    eval_queries = task.queries.eval[: cfg.run.eval_queries]
+    before = evaluate_policy(ray, actors, task, cfg, labeler, eval_queries)
+    write_samples(run_dir / "samples_initial", "Initial policy on held-out queries", before)
+
+    metrics = MetricsLog(run_dir / "metrics.jsonl")
+    metrics.write({"step": 0, **reward_stats})
+    ppo_loop(ray, actors, task, cfg, labeler, metrics, reward_stats)
+    metrics.close()
+
+    after = evaluate_policy(ray, actors, task, cfg, labeler, eval_queries)
+    write_samples(run_dir / "samples_final", "Final policy on held-out queries", after)
+    rows = [m for m in read_metrics(run_dir / "metrics.jsonl") if m["step"] > 0]
+    plot_metrics(rows, run_dir / "metrics.png", cfg.kl.target if cfg.kl.adaptive else None)
+    ray.get(actors.learner.save.remote(str(run_dir / "policy")))
+    ray.get(actors.reward_trainer.save.remote(str(run_dir / "reward_model"),
+                                              {k: v for k, v in reward_stats.items()}))
+    summary = {**compare(before, after), **{k: reward_stats[k] for k in reward_stats if k.startswith("reward/")},
+               "ppo/final_kl": rows[-1]["objective/kl"], "ppo/final_beta": rows[-1]["objective/kl_coef_next"],
+               "ppo/mean_samples_per_s": statistics.fmean(r["samples_per_s"] for r in rows),
+               "wall_s": time.perf_counter() - t_start, "run_dir": str(run_dir)}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    log("summary: true score {:.3f} +/- {:.3f} -> {:.3f} +/- {:.3f} (gain {:+.3f} +/- {:.3f}), win rate {:.2f}, "
+        "RM held-out accuracy {:.2f}, final KL {:.2f}, wall {:.0f}s".format(
+            summary["eval/true_score_initial"], summary["eval/true_score_initial_se"], summary["eval/true_score_final"],
+            summary["eval/true_score_final_se"], summary["eval/true_score_gain"], summary["eval/true_score_gain_se"],
+            summary["eval/win_rate"], summary["reward/eval_acc"], summary["ppo/final_kl"], summary["wall_s"]))
+    log(f"outputs in {run_dir}: config.yaml metrics.jsonl metrics.png samples_*.md policy/ reward_model/ summary.json")
+    return summary
