@@ -39,6 +39,12 @@ class RolloutWorker:
         """What this replica samples with (tests compare it with the learner's)."""
         return Weights.from_torch(self.policy_version, policy_state(self.policy))
 
+    def rng_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
     def ready(self) -> bool:
         return True
 

@@ -14,10 +14,11 @@ def train_main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="rlhf-dist train", description="Run the training job.")
     parser.add_argument("--config", default=None, help="YAML config (defaults are the embedded CPU job)")
+    parser.add_argument("--resume", action="store_true", help="continue run.name from its latest checkpoint")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. ppo.lr=1e-5 run.name=try1")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides + (["run.resume=true"] if args.resume else []))
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

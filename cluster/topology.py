@@ -29,6 +29,9 @@ def connect(cfg: Config):
         # Inside `ray job submit` RAY_ADDRESS is set: join that cluster and its runtime env.
         ray.init(address=address, log_to_driver=True)
     else:
+        # Ray runs workers at nice 15 by default; on a machine shared with anything else that
+        # starves the actors against the driver. A local instance runs them at normal priority.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         res = cfg.resources
         wanted = res.num_rollout_actors * res.rollout_cpus + res.reward_cpus * 2 + res.learner_cpus
         ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)), include_dashboard=False,

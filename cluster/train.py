@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import time
 from collections import deque
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from cluster.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from cluster.topology import Actors, check_resources, connect, start_actors
 from rlhf_dist import data as data_lib
 from rlhf_dist.config import Config, ConfigError, derived, dump_yaml
@@ -166,18 +168,40 @@ def compare(before: list[dict], after: list[dict]) -> dict:
 # PPO
 
 
-def ppo_loop(ray, actors, task, cfg, labeler, metrics: MetricsLog, reward_stats: dict) -> None:
+def checkpoint(ray, actors, run_dir: Path, step: int, data_position: int, reward_stats: dict) -> None:
+    """Learner (weights, optimizer, KL, RNG), reward model, rollout RNGs, data position."""
+    state = {"step": step, "data_position": data_position, "reward_stats": reward_stats,
+             "learner": ray.get(actors.learner.state_dict.remote()),
+             "reward_weights": ray.get(actors.reward_trainer.weights.remote()),
+             "rollout_rng": ray.get([a.rng_state.remote() for a in actors.rollout])}
+    save_checkpoint(run_dir, step, state)
+
+
+def restore(ray, actors, state: dict) -> None:
+    """Put a checkpoint back into every actor; the rollout actors get the resumed weights."""
+    ray.get(actors.learner.load_state_dict.remote(state["learner"]))
+    reward = state["reward_weights"]
+    ray.get([actors.reward_trainer.load_weights.remote(reward), actors.scorer.set_reward_weights.remote(reward)])
+    weights = actors.learner.weights.remote()
+    ray.get([a.set_weights.remote(weights) for a in actors.rollout])
+    if len(state["rollout_rng"]) == len(actors.rollout):
+        ray.get([a.set_rng_state.remote(rng) for a, rng in zip(actors.rollout, state["rollout_rng"])])
+
+
+def ppo_loop(ray, actors, task, cfg, labeler, metrics: MetricsLog, reward_stats: dict, run_dir: Path,
+             start_step: int = 1, data_position: int = 0) -> None:
     num_updates = derived(cfg).num_updates
-    stream = data_lib.QueryStream(task.queries.train, cfg.data.seed)
-    inflight: deque = deque()
-    stop = torch.tensor(task.stop_ids)
-    for step in range(1, num_updates + 1):
+    stream = data_lib.QueryStream(task.queries.train, cfg.data.seed, position=data_position)
+    inflight: deque = deque()   # (rollout refs, stream position after that batch)
+    for step in range(start_step, num_updates + 1):
         t_step = time.perf_counter()
         # Sample: up to `staleness` batches run ahead of the learner (0 = synchronous).
         while len(inflight) < 1 + cfg.ppo.staleness:
-            inflight.append(rollout(ray, actors, task.pad(stream.next_batch(cfg.ppo.batch_size), cfg.data.query_length)))
+            queries = task.pad(stream.next_batch(cfg.ppo.batch_size), cfg.data.query_length)
+            inflight.append((rollout(ray, actors, queries), stream.position))
         t0 = time.perf_counter()
-        batch = merge_rollouts(ray.get(inflight.popleft()))
+        refs, consumed_position = inflight.popleft()
+        batch = merge_rollouts(ray.get(refs))
         t_generate = time.perf_counter() - t0
         # Score: reference logprobs and r(x, y) with truncation and penalty.
         t0 = time.perf_counter()
@@ -202,26 +226,42 @@ def ppo_loop(ray, actors, task, cfg, labeler, metrics: MetricsLog, reward_stats:
                   "policy_version_lag": version_before - int(batch.policy_versions.min()),
                   "reward_version": scored.reward_version, "samples_per_s": cfg.ppo.batch_size / elapsed,
                   "time/generate_s": t_generate, "time/generate_in_actor_s": batch.generate_s,
-                  "time/score_s": t_score, "time/update_s": t_update, "time/broadcast_s": t_broadcast,
-                  "time/step_s": elapsed, "data_position": stream.position}
+                  "time/score_s": t_score, "time/score_in_scorer_s": scored.score_s,
+                  "time/update_s": t_update, "time/broadcast_s": t_broadcast,
+                  "time/step_s": elapsed, "data_position": consumed_position,
+                  "first_rollout_policy_version": int(batch.policy_versions.min())}
         metrics.write(record)
+        if step % cfg.run.checkpoint_every == 0 or step == num_updates:
+            # Prefetched batches are not consumed yet: the checkpoint's data position is
+            # that of the last batch the learner used, so a resume regenerates them.
+            checkpoint(ray, actors, run_dir, step, consumed_position, reward_stats)
         if step % cfg.run.log_every == 0 or step == num_updates:
             log(f"step {step}/{num_updates} | score {record['objective/score']:+.3f} | true {record['true_score']:+.3f} | "
                 f"kl {record['objective/kl']:.2f} | beta {record['objective/kl_coef']:.4f} | "
                 f"clipfrac {record['policy/clipfrac']:.3f} | lag {record['policy_version_lag']} | "
                 f"{elapsed:.1f}s ({record['samples_per_s']:.2f} samples/s)")
-        if step == 1:
+        if step == start_step:
             log(f"sample: {texts[0]!r}")
-    del stop
 
 
 # ---------------------------------------------------------------------------------------
+
+
+def keep_metrics_until(path: Path, step: int) -> None:
+    """Drop metric lines written after the checkpoint, so no step appears twice."""
+    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in rows))
+    os.replace(tmp, path)
 
 
 def run(cfg: Config) -> dict:
     t_start = time.perf_counter()
     task = prepare_task(cfg)
     run_dir = make_run_dir(cfg.run.output_dir, cfg.run.name)
+    if not cfg.run.resume and (run_dir / "metrics.jsonl").exists():
+        raise ConfigError(f"run folder {run_dir} already holds a run: pass --resume to continue it "
+                          f"or choose another run.name")
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     log(f"run folder {run_dir}; {len(task.queries.train)} train / {len(task.queries.eval)} held-out queries")
     ray = connect(cfg)
@@ -230,15 +270,27 @@ def run(cfg: Config) -> dict:
     actors = start_actors(ray, cfg, task.stop_ids, derived(cfg).num_updates)
     log(f"actors up in {time.perf_counter() - t0:.1f}s: {len(actors.rollout)} rollout, scorer, learner, reward trainer")
     labeler = make_labeler(cfg.labeler)
-
-    reward_stats = learn_reward(ray, actors, task, cfg, labeler)
     eval_queries = task.queries.eval[: cfg.run.eval_queries]
-    before = evaluate_policy(ray, actors, task, cfg, labeler, eval_queries)
-    write_samples(run_dir / "samples_initial", "Initial policy on held-out queries", before)
 
-    metrics = MetricsLog(run_dir / "metrics.jsonl")
-    metrics.write({"step": 0, **reward_stats})
-    ppo_loop(ray, actors, task, cfg, labeler, metrics, reward_stats)
+    ckpt = latest_checkpoint(run_dir) if cfg.run.resume else None
+    if cfg.run.resume and ckpt is None:
+        raise ConfigError(f"run.resume: no complete checkpoint under {run_dir / 'checkpoints'}")
+    if ckpt is None:
+        reward_stats = learn_reward(ray, actors, task, cfg, labeler)
+        before = evaluate_policy(ray, actors, task, cfg, labeler, eval_queries)
+        write_samples(run_dir / "samples_initial", "Initial policy on held-out queries", before)
+        metrics = MetricsLog(run_dir / "metrics.jsonl")
+        metrics.write({"step": 0, **reward_stats})
+        start_step, position = 1, 0
+    else:
+        state = load_checkpoint(ckpt)
+        restore(ray, actors, state)
+        reward_stats, start_step, position = state["reward_stats"], state["step"] + 1, state["data_position"]
+        before = [json.loads(line) for line in (run_dir / "samples_initial.jsonl").read_text().splitlines()]
+        keep_metrics_until(run_dir / "metrics.jsonl", state["step"])
+        metrics = MetricsLog(run_dir / "metrics.jsonl")
+        log(f"resumed from {ckpt} (policy version {state['learner']['policy_version']}, data position {position})")
+    ppo_loop(ray, actors, task, cfg, labeler, metrics, reward_stats, run_dir, start_step, position)
     metrics.close()
 
     after = evaluate_policy(ray, actors, task, cfg, labeler, eval_queries)

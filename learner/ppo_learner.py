@@ -91,9 +91,26 @@ class PPOLearner:
             "ppo/lr": lr,
             "policy_version": self.policy_version,
             "samples_consumed": self.samples_consumed,
-            "time/update_s": time.perf_counter() - start,
+            "time/update_in_learner_s": time.perf_counter() - start,
         })
         return out
+
+    def state_dict(self) -> dict:
+        """Everything a resume needs: trainable weights, optimizer, KL controller, counters, RNG."""
+        return {"policy": {k: v.detach().clone() for k, v in policy_state(self.policy).items()},
+                "optimizer": self.optimizer.state_dict(), "kl_coef": self.kl_ctl.value,
+                "policy_version": self.policy_version, "samples_consumed": self.samples_consumed,
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> int:
+        policy = state["policy"]
+        self.policy.lm.load_trainable_state({k[3:]: v for k, v in policy.items() if k.startswith("lm.")})
+        self.policy.value_head.load_state_dict({k[11:]: v for k, v in policy.items() if k.startswith("value_head.")})
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.kl_ctl.value = state["kl_coef"]
+        self.policy_version, self.samples_consumed = state["policy_version"], state["samples_consumed"]
+        self.generator.set_state(state["generator"])
+        return self.policy_version
 
     def weights(self) -> Weights:
         return Weights.from_torch(self.policy_version, policy_state(self.policy))

@@ -98,6 +98,11 @@ class RewardTrainer:
     def weights(self) -> Weights:
         return Weights.from_torch(self.version, self.model.trainable_state())
 
+    def load_weights(self, weights: Weights) -> int:
+        self.model.load_trainable_state(weights.to_torch())
+        self.version = weights.version
+        return self.version
+
     def save(self, folder: str, meta: Optional[dict] = None) -> str:
         self.model.save(folder, meta)
         return folder

@@ -86,7 +86,7 @@ def gguf_folder() -> Path:
 def _convert_embedded(out: Path) -> None:
     """GGUF (4-bit) -> fp32 safetensors. A GGUF-loaded model refuses save_pretrained, so
     its state dict is copied into a model built from its config."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = gguf_folder()
     print(f"[rlhf_dist] converting {src / _GGUF_FILE} to safetensors in {out.parent} (once)", flush=True)
@@ -100,7 +100,6 @@ def _convert_embedded(out: Path) -> None:
     model.load_state_dict(gguf_model.state_dict())
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    del AutoConfig
 
 
 def _build_tiny(cfg: ModelConfig, out: Path) -> None:
