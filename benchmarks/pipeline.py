@@ -198,13 +198,13 @@ class RayPipeline:
         ray.get([a.ready.remote() for a in rollout] + [scorer.ready.remote(), learner.ready.remote()])
 
     def step(self, query_tokens: torch.Tensor, labeler) -> Step:
-        from cluster.train import rollout
         from rlhf_dist.experience import merge_rollouts
 
         ray, a = self.ray, self.actors
         t_step = time.perf_counter()
         t0 = time.perf_counter()
-        batch = merge_rollouts(ray.get(rollout(ray, a, query_tokens)))
+        chunks = query_tokens.chunk(len(a.rollout))
+        batch = merge_rollouts(ray.get([w.generate.remote(c) for w, c in zip(a.rollout, chunks)]))
         t_gen = time.perf_counter() - t0
         t0 = time.perf_counter()
         scored = ray.get(a.scorer.score.remote(batch))

@@ -72,17 +72,29 @@ def start_actors(ray, cfg: Config, stop_ids: list[int], num_updates: int) -> Act
 
     res, threads = cfg.resources, cfg.resources.torch_threads
     env = {"runtime_env": {"env_vars": {**_ENV, "OMP_NUM_THREADS": str(threads)}}}
+    prefix = f"{cfg.run.name or 'run'}-{os.getpid()}-"
 
-    def remote(cls, cpus, gpus):
-        return ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=0, **env)(cls)
+    def remote(cls, name, cpus, gpus, restarts):
+        # Rollout actors and the scorer can be rebuilt (cluster/supervision.py); the learners
+        # hold optimizer state that only a checkpoint can bring back.
+        return ray.remote(cls).options(name=prefix + name, num_cpus=cpus, num_gpus=gpus,
+                                       max_restarts=restarts, **env)
 
-    rollout = [remote(RolloutWorker, res.rollout_cpus, res.rollout_gpus).remote(
+    rollout = [remote(RolloutWorker, f"rollout-{rank}", res.rollout_cpus, res.rollout_gpus, res.max_restarts).remote(
         cfg.model, cfg.sampling, cfg.run.seed + 100003 * rank, threads)   # per-rank seeds (paper)
         for rank in range(res.num_rollout_actors)]
-    scorer = remote(RewardScorer, res.reward_cpus, res.reward_gpus).remote(cfg.model, cfg.sampling, stop_ids, threads)
-    learner = remote(PPOLearner, res.learner_cpus, res.learner_gpus).remote(
+    scorer = remote(RewardScorer, "scorer", res.reward_cpus, res.reward_gpus, res.max_restarts).remote(
+        cfg.model, cfg.sampling, stop_ids, threads)
+    learner = remote(PPOLearner, "learner", res.learner_cpus, res.learner_gpus, 0).remote(
         cfg.model, cfg.ppo, cfg.kl, cfg.sampling, num_updates, cfg.run.seed, threads)
-    trainer = remote(RewardTrainer, res.reward_cpus, res.reward_gpus).remote(cfg.model, cfg.reward, cfg.run.seed, threads)
+    trainer = remote(RewardTrainer, "reward-trainer", res.reward_cpus, res.reward_gpus, 0).remote(
+        cfg.model, cfg.reward, cfg.run.seed, threads)
     actors = Actors(rollout, scorer, learner, trainer)
     ray.get([a.ready.remote() for a in rollout] + [scorer.ready.remote(), learner.ready.remote(), trainer.ready.remote()])
     return actors
+
+
+def stop_actors(ray, actors: Actors) -> None:
+    """Release the actors' resources (the same Ray instance may run another job next)."""
+    for actor in actors.rollout + [actors.scorer, actors.learner, actors.reward_trainer]:
+        ray.kill(actor, no_restart=True)

@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 
 from cluster.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from cluster.topology import Actors, check_resources, connect, start_actors
+from cluster.supervision import Fleet
+from cluster.topology import check_resources, connect, start_actors, stop_actors
 from rlhf_dist import data as data_lib
 from rlhf_dist.config import Config, ConfigError, derived, dump_yaml
-from rlhf_dist.experience import Comparison, merge_rollouts
+from rlhf_dist.experience import Comparison
 from rlhf_dist.labelers import make_labeler
 from rlhf_dist.models import check_model_name, load_tokenizer
 from rlhf_dist.responses import truncate_responses
@@ -67,24 +68,18 @@ def prepare_task(cfg: Config) -> Task:
     return Task(tokenizer, stop_ids, len(tokenizer), queries)
 
 
-def rollout(ray, actors: Actors, query_tokens: torch.Tensor, samples_per_query: int = 1):
-    """Split the queries across the rollout actors; refs in actor order."""
-    chunks = query_tokens.chunk(len(actors.rollout))
-    return [a.generate.remote(c, samples_per_query) for a, c in zip(actors.rollout, chunks)]
-
-
 # ---------------------------------------------------------------------------------------
 # reward learning
 
 
-def collect_comparisons(ray, actors, task: Task, cfg: Config, queries: list[list[int]], labeler, what: str):
+def collect_comparisons(fleet: Fleet, task: Task, cfg: Config, queries: list[list[int]], labeler, what: str):
     """k samples of the current policy per query, truncated as at RL time, labelled best-of-k.
     Returns (comparisons, untruncated sample tokens, their trunk features)."""
-    k, chunk = cfg.reward.k, 16 * len(actors.rollout)   # 64 samples per actor call
+    k, chunk = cfg.reward.k, 16 * len(fleet.actors.rollout)   # 64 samples per actor call
     stop = torch.tensor(task.stop_ids)
     comparisons, tokens, features, cant_tell = [], [], [], 0
     for i in range(0, len(queries), chunk):
-        batch = merge_rollouts(ray.get(rollout(ray, actors, task.pad(queries[i:i + chunk], cfg.data.query_length), k)))
+        batch = fleet.gather(fleet.dispatch(task.pad(queries[i:i + chunk], cfg.data.query_length), k))
         s = batch.samples
         truncated = truncate_responses(s.response_tokens, stop, cfg.sampling.truncate_after, task.pad_id)
         tokens.append(torch.cat([s.query_tokens, s.response_tokens], 1))
@@ -106,23 +101,23 @@ def collect_comparisons(ray, actors, task: Task, cfg: Config, queries: list[list
     return comparisons, torch.cat(tokens), feats, cant_tell
 
 
-def learn_reward(ray, actors, task, cfg, labeler) -> dict:
+def learn_reward(ray, fleet: Fleet, task, cfg, labeler) -> dict:
     train_q = task.queries.train[: cfg.reward.num_labels]
     eval_q = task.queries.eval[: cfg.reward.num_eval_labels]
-    train_c, norm_tokens, norm_feats, ct = collect_comparisons(ray, actors, task, cfg, train_q, labeler, "train")
-    eval_c, *_ = collect_comparisons(ray, actors, task, cfg, eval_q, labeler, "held-out")
+    train_c, norm_tokens, norm_feats, ct = collect_comparisons(fleet, task, cfg, train_q, labeler, "train")
+    eval_c, *_ = collect_comparisons(fleet, task, cfg, eval_q, labeler, "held-out")
     # Normalisation samples: untruncated samples of the initial policy (x ~ D, y ~ rho), as
     # the paper; the label collection's own samples serve, so none are drawn twice.
     n = min(cfg.reward.normalize_samples, norm_tokens.shape[0])
     norm_tokens, norm_feats = norm_tokens[:n], None if norm_feats is None else norm_feats[:n]
-    trainer = actors.reward_trainer
+    trainer = fleet.actors.reward_trainer
     before = ray.get(trainer.normalise.remote(norm_tokens, norm_feats))
     log(f"reward model: training on {len(train_c)} comparisons ({ct} can't tell)")
     stats = ray.get(trainer.train.remote(train_c))
     after = ray.get(trainer.normalise.remote(norm_tokens, norm_feats))
     # Accuracy on held-out comparisons whose pick is strictly best (chance 1/k).
     stats.update(ray.get(trainer.evaluate.remote([c for c in eval_c if c.strict])))
-    ray.get(actors.scorer.set_reward_weights.remote(trainer.weights.remote()))
+    fleet.set_reward(trainer.weights.remote())
     stats.update({"reward/gain": after["gain"], "reward/bias": after["bias"], "reward/norm_samples": n,
                   "reward/gain_before": before["gain"], "reward/cant_tell": ct})
     log(f"reward model: loss {stats['reward/loss_first']:.3f} -> {stats['reward/loss_last']:.3f}, "
@@ -134,15 +129,15 @@ def learn_reward(ray, actors, task, cfg, labeler) -> dict:
 # evaluation with the true labeler
 
 
-def evaluate_policy(ray, actors, task, cfg, labeler, queries) -> list[dict]:
+def evaluate_policy(fleet: Fleet, task, cfg, labeler, queries) -> list[dict]:
     stop = torch.tensor(task.stop_ids)
     q = task.pad(queries, cfg.data.query_length)
     rows = []
     for i in range(0, q.shape[0], 32):
-        batch = merge_rollouts(ray.get(rollout(ray, actors, q[i:i + 32])))
+        batch = fleet.gather(fleet.dispatch(q[i:i + 32]))
         s = batch.samples
         truncated = truncate_responses(s.response_tokens, stop, cfg.sampling.truncate_after, task.pad_id)
-        rewards = ray.get(actors.scorer.rewards.remote(s.query_tokens, truncated, s.trunk_features))
+        rewards = fleet.rewards(s.query_tokens, truncated, s.trunk_features)
         texts = [task.decode(r) for r in truncated]
         for qt, text, score, rw in zip(s.query_tokens, texts, labeler.score(texts), rewards.tolist()):
             rows.append({"query": task.decode(qt), "response": text, "true_score": score, "reward": rw})
@@ -168,27 +163,28 @@ def compare(before: list[dict], after: list[dict]) -> dict:
 # PPO
 
 
-def checkpoint(ray, actors, run_dir: Path, step: int, data_position: int, reward_stats: dict) -> None:
+def checkpoint(ray, fleet: Fleet, run_dir: Path, step: int, data_position: int, reward_stats: dict) -> None:
     """Learner (weights, optimizer, KL, RNG), reward model, rollout RNGs, data position."""
     state = {"step": step, "data_position": data_position, "reward_stats": reward_stats,
-             "learner": ray.get(actors.learner.state_dict.remote()),
-             "reward_weights": ray.get(actors.reward_trainer.weights.remote()),
-             "rollout_rng": ray.get([a.rng_state.remote() for a in actors.rollout])}
+             "learner": ray.get(fleet.actors.learner.state_dict.remote()),
+             "reward_weights": ray.get(fleet.actors.reward_trainer.weights.remote()),
+             "rollout_rng": ray.get([a.rng_state.remote() for a in fleet.actors.rollout])}
     save_checkpoint(run_dir, step, state)
 
 
-def restore(ray, actors, state: dict) -> None:
+def restore(ray, fleet: Fleet, state: dict) -> None:
     """Put a checkpoint back into every actor; the rollout actors get the resumed weights."""
+    actors = fleet.actors
     ray.get(actors.learner.load_state_dict.remote(state["learner"]))
-    reward = state["reward_weights"]
-    ray.get([actors.reward_trainer.load_weights.remote(reward), actors.scorer.set_reward_weights.remote(reward)])
-    weights = actors.learner.weights.remote()
-    ray.get([a.set_weights.remote(weights) for a in actors.rollout])
+    reward = ray.put(state["reward_weights"])
+    ray.get(actors.reward_trainer.load_weights.remote(reward))
+    fleet.set_reward(reward)
+    fleet.broadcast(actors.learner.weights.remote(), state["learner"]["policy_version"], wait=True)
     if len(state["rollout_rng"]) == len(actors.rollout):
         ray.get([a.set_rng_state.remote(rng) for a, rng in zip(actors.rollout, state["rollout_rng"])])
 
 
-def ppo_loop(ray, actors, task, cfg, labeler, metrics: MetricsLog, reward_stats: dict, run_dir: Path,
+def ppo_loop(ray, fleet: Fleet, task, cfg, labeler, metrics: MetricsLog, reward_stats: dict, run_dir: Path,
              start_step: int = 1, data_position: int = 0) -> None:
     num_updates = derived(cfg).num_updates
     stream = data_lib.QueryStream(task.queries.train, cfg.data.seed, position=data_position)
@@ -198,26 +194,25 @@ def ppo_loop(ray, actors, task, cfg, labeler, metrics: MetricsLog, reward_stats:
         # Sample: up to `staleness` batches run ahead of the learner (0 = synchronous).
         while len(inflight) < 1 + cfg.ppo.staleness:
             queries = task.pad(stream.next_batch(cfg.ppo.batch_size), cfg.data.query_length)
-            inflight.append((rollout(ray, actors, queries), stream.position))
+            inflight.append((fleet.dispatch(queries), stream.position))
         t0 = time.perf_counter()
-        refs, consumed_position = inflight.popleft()
-        batch = merge_rollouts(ray.get(refs))
+        pending, consumed_position = inflight.popleft()
+        batch = fleet.gather(pending)
         t_generate = time.perf_counter() - t0
         # Score: reference logprobs and r(x, y) with truncation and penalty.
         t0 = time.perf_counter()
-        scored = ray.get(actors.scorer.score.remote(batch))
+        scored = fleet.score(batch)
         t_score = time.perf_counter() - t0
         # Update: PPO epochs on the learner.
         t0 = time.perf_counter()
         version_before = step - 1
-        stats = ray.get(actors.learner.update.remote(scored))
+        stats = ray.get(fleet.actors.learner.update.remote(scored))
         t_update = time.perf_counter() - t0
         # Broadcast: one object, read by every rollout actor.
         t0 = time.perf_counter()
-        weights = actors.learner.weights.remote()
-        acks = [a.set_weights.remote(weights) for a in actors.rollout]
-        if cfg.ppo.staleness == 0:
-            ray.get(acks)
+        # With staleness > 0 the acks are not awaited: a rollout already queued on an actor
+        # runs first, and the new weights apply to the one after it.
+        fleet.broadcast(fleet.actors.learner.weights.remote(), stats["policy_version"], wait=cfg.ppo.staleness == 0)
         t_broadcast = time.perf_counter() - t0
         texts = [task.decode(r) for r in scored.truncated_responses]
         true_scores = labeler.score(texts)
@@ -229,12 +224,13 @@ def ppo_loop(ray, actors, task, cfg, labeler, metrics: MetricsLog, reward_stats:
                   "time/score_s": t_score, "time/score_in_scorer_s": scored.score_s,
                   "time/update_s": t_update, "time/broadcast_s": t_broadcast,
                   "time/step_s": elapsed, "data_position": consumed_position,
-                  "first_rollout_policy_version": int(batch.policy_versions.min())}
+                  "first_rollout_policy_version": int(batch.policy_versions.min()),
+                  "faults/recovered": fleet.recovered}
         metrics.write(record)
         if step % cfg.run.checkpoint_every == 0 or step == num_updates:
             # Prefetched batches are not consumed yet: the checkpoint's data position is
             # that of the last batch the learner used, so a resume regenerates them.
-            checkpoint(ray, actors, run_dir, step, consumed_position, reward_stats)
+            checkpoint(ray, fleet, run_dir, step, consumed_position, reward_stats)
         if step % cfg.run.log_every == 0 or step == num_updates:
             log(f"step {step}/{num_updates} | score {record['objective/score']:+.3f} | true {record['true_score']:+.3f} | "
                 f"kl {record['objective/kl']:.2f} | beta {record['objective/kl_coef']:.4f} | "
@@ -255,6 +251,41 @@ def keep_metrics_until(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
+def train_and_evaluate(ray, fleet: Fleet, task: Task, cfg: Config, run_dir: Path):
+    """Reward learning (or a checkpoint), PPO, evaluation and the saved models."""
+    actors = fleet.actors
+    labeler = make_labeler(cfg.labeler)
+    eval_queries = task.queries.eval[: cfg.run.eval_queries]
+    ckpt = latest_checkpoint(run_dir) if cfg.run.resume else None
+    if cfg.run.resume and ckpt is None:
+        raise ConfigError(f"run.resume: no complete checkpoint under {run_dir / 'checkpoints'}")
+    if ckpt is None:
+        reward_stats = learn_reward(ray, fleet, task, cfg, labeler)
+        before = evaluate_policy(fleet, task, cfg, labeler, eval_queries)
+        write_samples(run_dir / "samples_initial", "Initial policy on held-out queries", before)
+        metrics = MetricsLog(run_dir / "metrics.jsonl")
+        metrics.write({"step": 0, **reward_stats})
+        start_step, position = 1, 0
+    else:
+        state = load_checkpoint(ckpt)
+        restore(ray, fleet, state)
+        reward_stats, start_step, position = state["reward_stats"], state["step"] + 1, state["data_position"]
+        before = [json.loads(line) for line in (run_dir / "samples_initial.jsonl").read_text().splitlines()]
+        keep_metrics_until(run_dir / "metrics.jsonl", state["step"])
+        metrics = MetricsLog(run_dir / "metrics.jsonl")
+        log(f"resumed from {ckpt} (policy version {state['learner']['policy_version']}, data position {position})")
+    ppo_loop(ray, fleet, task, cfg, labeler, metrics, reward_stats, run_dir, start_step, position)
+    metrics.close()
+
+    after = evaluate_policy(fleet, task, cfg, labeler, eval_queries)
+    write_samples(run_dir / "samples_final", "Final policy on held-out queries", after)
+    rows = [m for m in read_metrics(run_dir / "metrics.jsonl") if m["step"] > 0]
+    plot_metrics(rows, run_dir / "metrics.png", cfg.kl.target if cfg.kl.adaptive else None)
+    ray.get(actors.learner.save.remote(str(run_dir / "policy")))
+    ray.get(actors.reward_trainer.save.remote(str(run_dir / "reward_model"), dict(reward_stats)))
+    return before, after, reward_stats, rows
+
+
 def run(cfg: Config) -> dict:
     t_start = time.perf_counter()
     task = prepare_task(cfg)
@@ -269,37 +300,10 @@ def run(cfg: Config) -> dict:
     t0 = time.perf_counter()
     actors = start_actors(ray, cfg, task.stop_ids, derived(cfg).num_updates)
     log(f"actors up in {time.perf_counter() - t0:.1f}s: {len(actors.rollout)} rollout, scorer, learner, reward trainer")
-    labeler = make_labeler(cfg.labeler)
-    eval_queries = task.queries.eval[: cfg.run.eval_queries]
-
-    ckpt = latest_checkpoint(run_dir) if cfg.run.resume else None
-    if cfg.run.resume and ckpt is None:
-        raise ConfigError(f"run.resume: no complete checkpoint under {run_dir / 'checkpoints'}")
-    if ckpt is None:
-        reward_stats = learn_reward(ray, actors, task, cfg, labeler)
-        before = evaluate_policy(ray, actors, task, cfg, labeler, eval_queries)
-        write_samples(run_dir / "samples_initial", "Initial policy on held-out queries", before)
-        metrics = MetricsLog(run_dir / "metrics.jsonl")
-        metrics.write({"step": 0, **reward_stats})
-        start_step, position = 1, 0
-    else:
-        state = load_checkpoint(ckpt)
-        restore(ray, actors, state)
-        reward_stats, start_step, position = state["reward_stats"], state["step"] + 1, state["data_position"]
-        before = [json.loads(line) for line in (run_dir / "samples_initial.jsonl").read_text().splitlines()]
-        keep_metrics_until(run_dir / "metrics.jsonl", state["step"])
-        metrics = MetricsLog(run_dir / "metrics.jsonl")
-        log(f"resumed from {ckpt} (policy version {state['learner']['policy_version']}, data position {position})")
-    ppo_loop(ray, actors, task, cfg, labeler, metrics, reward_stats, run_dir, start_step, position)
-    metrics.close()
-
-    after = evaluate_policy(ray, actors, task, cfg, labeler, eval_queries)
-    write_samples(run_dir / "samples_final", "Final policy on held-out queries", after)
-    rows = [m for m in read_metrics(run_dir / "metrics.jsonl") if m["step"] > 0]
-    plot_metrics(rows, run_dir / "metrics.png", cfg.kl.target if cfg.kl.adaptive else None)
-    ray.get(actors.learner.save.remote(str(run_dir / "policy")))
-    ray.get(actors.reward_trainer.save.remote(str(run_dir / "reward_model"),
-                                              {k: v for k, v in reward_stats.items()}))
+    try:
+        before, after, reward_stats, rows = train_and_evaluate(ray, Fleet(ray, actors, log), task, cfg, run_dir)
+    finally:
+        stop_actors(ray, actors)
     summary = {**compare(before, after), **{k: reward_stats[k] for k in reward_stats if k.startswith("reward/")},
                "ppo/final_kl": rows[-1]["objective/kl"], "ppo/final_beta": rows[-1]["objective/kl_coef_next"],
                "ppo/mean_samples_per_s": statistics.fmean(r["samples_per_s"] for r in rows),

@@ -75,7 +75,7 @@ class LabelerConfig:
     """Simulated labeler: 'vader' picks the most positive continuation (VADER compound)."""
     tie_margin: float = 0.0
     """Candidates whose true scores are within this of the best count as tied."""
-    on_tie: str = "random"
+    on_tie: str = "cant_tell"
     """'random' picks one of the tied best; 'cant_tell' marks the comparison unusable."""
     noise: float = 0.0
     """Probability that the labeler picks uniformly at random instead."""
@@ -158,6 +158,8 @@ class ResourcesConfig:
     torch_threads: int = 2
     """torch threads in every actor. Ray sets OMP threads from the CPU request; the phases
     run one after another when staleness=0, so each may use all cores."""
+    max_restarts: int = 3
+    """Times Ray restarts a dead rollout actor or scorer; the driver then restores its weights."""
     placement: str = "PACK"
     """Placement group strategy: PACK or SPREAD."""
 

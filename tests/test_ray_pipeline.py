@@ -3,10 +3,10 @@ import json
 
 import torch
 
-from cluster.topology import start_actors
-from cluster.train import prepare_task, rollout, run
+from cluster.supervision import Fleet
+from cluster.topology import start_actors, stop_actors
+from cluster.train import prepare_task, run
 from rlhf_dist.config import derived, load_config
-from rlhf_dist.experience import merge_rollouts
 from rlhf_dist.run_output import read_metrics
 
 
@@ -15,8 +15,9 @@ def test_broadcast_makes_replicas_equal_and_new_rollouts_use_it(ray_local):
     cfg = load_config("configs/tiny.yaml", ["resources.num_rollout_actors=2"])
     task = prepare_task(cfg)
     actors = start_actors(ray, cfg, task.stop_ids, derived(cfg).num_updates)
+    fleet = Fleet(ray, actors)
     q = task.pad(task.queries.train[:16], cfg.data.query_length)
-    batch = merge_rollouts(ray.get(rollout(ray, actors, q)))
+    batch = fleet.gather(fleet.dispatch(q))
     assert batch.policy_versions.tolist() == [0] * 16
     scored = ray.get(actors.scorer.score.remote(batch))
     stats = ray.get(actors.learner.update.remote(scored))
@@ -32,15 +33,14 @@ def test_broadcast_makes_replicas_equal_and_new_rollouts_use_it(ray_local):
             assert (replica.tensors[name] == value).all() and replica.tensors[name].shape == value.shape, name
     initial = ray.get(actors.learner.weights.remote())   # same object twice: stable
     assert all((initial.tensors[k] == learner_w.tensors[k]).all() for k in learner_w.tensors)
-    batch2 = merge_rollouts(ray.get(rollout(ray, actors, q)))
+    batch2 = fleet.gather(fleet.dispatch(q))
     assert batch2.policy_versions.tolist() == [1] * 16
     # the update moved the weights, so the replicas really hold something new
     fresh = __import__("actors.rollout", fromlist=["RolloutWorker"]).RolloutWorker(cfg.model, cfg.sampling, 0, 1)
     fresh_w = fresh.current_weights()
     changed = sum(not (fresh_w.tensors[k] == learner_w.tensors[k]).all() for k in learner_w.tensors)
     assert changed > 0
-    for a in actors.rollout + [actors.scorer, actors.learner, actors.reward_trainer]:
-        ray.kill(a)
+    stop_actors(ray, actors)
 
 
 def test_tiny_run_end_to_end(ray_local, tmp_path):
