@@ -112,6 +112,9 @@ def learn_reward(ray, fleet: Fleet, task, cfg, labeler) -> dict:
     norm_tokens, norm_feats = norm_tokens[:n], None if norm_feats is None else norm_feats[:n]
     trainer = fleet.actors.reward_trainer
     before = ray.get(trainer.normalise.remote(norm_tokens, norm_feats))
+    if len(train_c) < cfg.reward.batch_size:
+        raise RuntimeError(f"only {len(train_c)} of {len(train_q)} comparisons are usable ({ct} can't tell); "
+                           f"raise reward.num_labels or set labeler.on_tie=random")
     log(f"reward model: training on {len(train_c)} comparisons ({ct} can't tell)")
     stats = ray.get(trainer.train.remote(train_c))
     after = ray.get(trainer.normalise.remote(norm_tokens, norm_feats))
