@@ -27,12 +27,16 @@ def ray_head(tmp_path):
     if shutil.which("ray") is None:
         pytest.fail("the ray CLI is not installed (ray[default])")
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
-    gcs, dash = free_port(), free_port()
+    gcs, dash, agent, agent_grpc, runtime_env_agent, metrics, client = (free_port() for _ in range(7))
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")   # short: Ray's socket paths have a length limit
     # A session of its own: every daemon of this head shares its process group, so the test
     # stops exactly this cluster (`ray stop` would stop every Ray on the machine).
     starter = subprocess.Popen(["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
                                 "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=4",
+                                # Other Ray instances may hold the default agent ports (52365...).
+                                f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+                                f"--runtime-env-agent-port={runtime_env_agent}", f"--metrics-export-port={metrics}",
+                                f"--ray-client-server-port={client}",
                                 "--disable-usage-stats", f"--temp-dir={temp_dir}"],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
