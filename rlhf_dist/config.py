@@ -93,7 +93,7 @@ class RewardConfig:
     """Samples per comparison (best of 4, as in the paper)."""
     batch_size: int = 8
     """Comparisons per Adam step (paper: 8; official code: 32)."""
-    lr: float = 2e-3
+    lr: float = 3e-3
     """Annealed linearly to 0 over the labels (official code: 5e-5 at 124M full training;
     much higher here: 64 steps on the top blocks barely move a random head at 1e-4)."""
     epochs: int = 1
