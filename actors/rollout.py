@@ -29,9 +29,7 @@ class RolloutWorker:
         return RolloutBatch(samples, versions, time.perf_counter() - start)
 
     def set_weights(self, weights: Weights) -> int:
-        state = weights.to_torch()
-        self.policy.lm.load_trainable_state({k[3:]: v for k, v in state.items() if k.startswith("lm.")})
-        self.policy.value_head.load_state_dict({k[11:]: v for k, v in state.items() if k.startswith("value_head.")})
+        load_policy_state(self.policy, weights.to_torch())
         self.policy_version = weights.version
         return self.policy_version
 
@@ -50,6 +48,14 @@ class RolloutWorker:
 
 
 def policy_state(policy) -> dict[str, torch.Tensor]:
+    """What the learner broadcasts: the trainable blocks ("lm.") and the value head."""
     state = {"lm." + k: v for k, v in policy.lm.trainable_state().items()}
     state.update({"value_head." + k: v for k, v in policy.value_head.state_dict().items()})
     return state
+
+
+def load_policy_state(policy, state: dict[str, torch.Tensor]) -> None:
+    """The inverse of policy_state."""
+    policy.lm.load_trainable_state({k[len("lm."):]: v for k, v in state.items() if k.startswith("lm.")})
+    policy.value_head.load_state_dict({k[len("value_head."):]: v for k, v in state.items()
+                                       if k.startswith("value_head.")})

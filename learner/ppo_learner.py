@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from actors.rollout import policy_state
+from actors.rollout import load_policy_state, policy_state
 from rlhf_dist import ppo
 from rlhf_dist.config import KLConfig, ModelConfig, PPOConfig, SamplingConfig
 from rlhf_dist.experience import ScoredBatch, Weights
@@ -103,9 +103,7 @@ class PPOLearner:
                 "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> int:
-        policy = state["policy"]
-        self.policy.lm.load_trainable_state({k[3:]: v for k, v in policy.items() if k.startswith("lm.")})
-        self.policy.value_head.load_state_dict({k[11:]: v for k, v in policy.items() if k.startswith("value_head.")})
+        load_policy_state(self.policy, state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.kl_ctl.value = state["kl_coef"]
         self.policy_version, self.samples_consumed = state["policy_version"], state["samples_consumed"]
