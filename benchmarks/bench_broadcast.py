@@ -56,14 +56,9 @@ def main(argv=None) -> int:
     cfg = common.load(args)
 
     from cluster.topology import _ENV
-    from cluster.train import prepare_task
-    from rlhf_dist.models import set_torch_threads
 
     threads = cfg.resources.torch_threads
-    set_torch_threads(threads)
-    machine = common.machine_info(threads)
-    task = prepare_task(cfg)
-    q = task.pad(task.queries.train[: cfg.ppo.batch_size], cfg.data.query_length)
+    machine, task, q = common.prepare(cfg)
     max_actors = max(args.actors)
     ray = common.start_ray(max_actors * cfg.resources.rollout_cpus + cfg.resources.learner_cpus)
     env = {"runtime_env": {"env_vars": {**_ENV, "OMP_NUM_THREADS": str(threads)}}}

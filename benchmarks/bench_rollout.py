@@ -38,14 +38,10 @@ def main(argv=None) -> int:
     threads = cfg.resources.torch_threads
 
     from actors.rollout import RolloutWorker
-    from cluster.train import prepare_task
-    from rlhf_dist.models import load_causal_lm, set_torch_threads
+    from rlhf_dist.models import load_causal_lm
 
-    set_torch_threads(threads)
-    machine = common.machine_info(threads)
-    task = prepare_task(cfg)
+    machine, task, queries = common.prepare(cfg)
     B, Q, R, temp = cfg.ppo.batch_size, cfg.data.query_length, cfg.sampling.response_length, cfg.sampling.temperature
-    queries = task.pad(task.queries.train[:B], Q)
 
     ray = common.start_ray(cfg.resources.rollout_cpus + 1)
     env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(threads)}}

@@ -129,6 +129,19 @@ def machine_info(threads: Optional[int] = None) -> dict:
     }
 
 
+def prepare(cfg):
+    """Threads set deliberately, machine facts, the task, and one PPO batch of padded queries."""
+    from cluster.train import prepare_task
+    from rlhf_dist.models import set_torch_threads
+
+    threads = cfg.resources.torch_threads
+    set_torch_threads(threads)
+    machine = machine_info(threads)
+    task = prepare_task(cfg)
+    queries = task.pad(task.queries.train[: cfg.ppo.batch_size], cfg.data.query_length)
+    return machine, task, queries
+
+
 # ---------------------------------------------------------------------------------------
 # FLOPs per sample, from the model's shape
 
