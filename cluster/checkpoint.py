@@ -2,8 +2,9 @@
 
 A checkpoint is written into a temporary folder, every file fsync'd, and then renamed to
 `checkpoints/step-NNNNNNNN` in one atomic step; a folder with that name is therefore
-always complete. Resume takes the highest such step. Older checkpoints beyond `keep`
-are removed after the new one is in place.
+always complete. Resume takes the highest such step and never looks at `.tmp-*` folders.
+Older checkpoints beyond `keep`, and temporary folders left by a killed writer, are removed
+after the new one is in place.
 """
 from __future__ import annotations
 
@@ -44,6 +45,10 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int = 2) -> Pat
     _fsync_dir(root)
     for old in sorted(p for p in root.iterdir() if _NAME.match(p.name))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+    # Temporary folders of writers killed mid-checkpoint (`ray job stop` past its grace period):
+    # never read, so remove them once a newer checkpoint is in place.
+    for stale in root.glob(".tmp-step-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     return final
 
 

@@ -22,14 +22,16 @@ def train_main(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    from cluster.stopping import EXIT_STOPPED
     from cluster.train import run
 
     try:
-        run(cfg)
+        summary = run(cfg)
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
+    # A run stopped by SIGTERM is checkpointed but not finished: say so to scripts.
+    return EXIT_STOPPED if "stopped_after_step" in summary else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,8 +19,11 @@ from rlhf_dist.experience import RolloutBatch, merge_rollouts
 
 
 def actor_errors(ray) -> tuple:
+    # ObjectLostError: a result that lived only in the object store of a node that was lost
+    # (large rollouts go there); the call is repeated like one whose actor died.
     ex = ray.exceptions
-    return tuple(e for e in (getattr(ex, "RayActorError", None), getattr(ex, "ActorUnavailableError", None)) if e)
+    names = ("RayActorError", "ActorUnavailableError", "ObjectLostError")
+    return tuple(e for e in (getattr(ex, n, None) for n in names) if e)
 
 
 @dataclass

@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from cluster.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from cluster.stopping import Stopped, StopRequest
 from cluster.supervision import Fleet
-from cluster.topology import check_resources, connect, start_actors, stop_actors
+from cluster.topology import check_resources, connect, describe_placement, start_actors, stop_actors
 from rlhf_dist import data as data_lib
 from rlhf_dist.config import Config, ConfigError, derived, dump_yaml
 from rlhf_dist.experience import Comparison
@@ -188,7 +189,7 @@ def restore(ray, fleet: Fleet, state: dict) -> None:
 
 
 def ppo_loop(ray, fleet: Fleet, task, cfg, labeler, metrics: MetricsLog, reward_stats: dict, run_dir: Path,
-             start_step: int = 1, data_position: int = 0) -> None:
+             start_step: int = 1, data_position: int = 0, stop: StopRequest | None = None) -> None:
     num_updates = derived(cfg).num_updates
     stream = data_lib.QueryStream(task.queries.train, cfg.data.seed, position=data_position)
     inflight: deque = deque()   # (rollout refs, stream position after that batch)
@@ -230,10 +231,13 @@ def ppo_loop(ray, fleet: Fleet, task, cfg, labeler, metrics: MetricsLog, reward_
                   "first_rollout_policy_version": int(batch.policy_versions.min()),
                   "faults/recovered": fleet.recovered}
         metrics.write(record)
-        if step % cfg.run.checkpoint_every == 0 or step == num_updates:
+        stopping = stop is not None and stop.requested
+        if step % cfg.run.checkpoint_every == 0 or step == num_updates or stopping:
             # Prefetched batches are not consumed yet: the checkpoint's data position is
             # that of the last batch the learner used, so a resume regenerates them.
             checkpoint(ray, fleet, run_dir, step, consumed_position, reward_stats)
+        if stopping:
+            raise Stopped(step)
         if step % cfg.run.log_every == 0 or step == num_updates:
             log(f"step {step}/{num_updates} | score {record['objective/score']:+.3f} | true {record['true_score']:+.3f} | "
                 f"kl {record['objective/kl']:.2f} | beta {record['objective/kl_coef']:.4f} | "
@@ -246,15 +250,23 @@ def ppo_loop(ray, fleet: Fleet, task, cfg, labeler, metrics: MetricsLog, reward_
 # ---------------------------------------------------------------------------------------
 
 
+def _step_of(line: str):
+    try:
+        return json.loads(line)["step"]
+    except ValueError:   # a line cut short by a kill mid-write
+        return None
+
+
 def keep_metrics_until(path: Path, step: int) -> None:
-    """Drop metric lines written after the checkpoint, so no step appears twice."""
-    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    """Drop metric lines written after the checkpoint (and a torn last line), so no step
+    appears twice and the file parses."""
+    rows = [line for line in path.read_text().splitlines() if (n := _step_of(line)) is not None and n <= step]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in rows))
     os.replace(tmp, path)
 
 
-def train_and_evaluate(ray, fleet: Fleet, task: Task, cfg: Config, run_dir: Path):
+def train_and_evaluate(ray, fleet: Fleet, task: Task, cfg: Config, run_dir: Path, stop: StopRequest):
     """Reward learning (or a checkpoint), PPO, evaluation and the saved models."""
     actors = fleet.actors
     labeler = make_labeler(cfg.labeler)
@@ -277,8 +289,12 @@ def train_and_evaluate(ray, fleet: Fleet, task: Task, cfg: Config, run_dir: Path
         keep_metrics_until(run_dir / "metrics.jsonl", state["step"])
         metrics = MetricsLog(run_dir / "metrics.jsonl")
         log(f"resumed from {ckpt} (policy version {state['learner']['policy_version']}, data position {position})")
-    ppo_loop(ray, fleet, task, cfg, labeler, metrics, reward_stats, run_dir, start_step, position)
-    metrics.close()
+    stop.graceful = True
+    try:
+        ppo_loop(ray, fleet, task, cfg, labeler, metrics, reward_stats, run_dir, start_step, position, stop)
+    finally:
+        metrics.close()
+        stop.graceful = False   # evaluation and saving are short: a late SIGTERM ends them at once
 
     after = evaluate_policy(fleet, task, cfg, labeler, eval_queries)
     write_samples(run_dir / "samples_final", "Final policy on held-out queries", after)
@@ -302,10 +318,17 @@ def run(cfg: Config) -> dict:
     check_resources(ray, cfg.resources)
     t0 = time.perf_counter()
     actors = start_actors(ray, cfg, task.stop_ids, derived(cfg).num_updates)
-    log(f"actors up in {time.perf_counter() - t0:.1f}s: {len(actors.rollout)} rollout, scorer, learner, reward trainer")
+    log(f"actors up in {time.perf_counter() - t0:.1f}s: {len(actors.rollout)} rollout, scorer, learner, reward trainer; "
+        f"{describe_placement(actors.placement_group)}")
+    stop = StopRequest(log).install()
     try:
-        before, after, reward_stats, rows = train_and_evaluate(ray, Fleet(ray, actors, log), task, cfg, run_dir)
+        before, after, reward_stats, rows = train_and_evaluate(ray, Fleet(ray, actors, log), task, cfg, run_dir, stop)
+    except Stopped as e:
+        log(f"stopped after step {e.step} (SIGTERM); checkpoint {latest_checkpoint(run_dir)} is complete: "
+            f"continue with --resume run.name={run_dir.name}")
+        return {"stopped_after_step": e.step, "run_dir": str(run_dir)}
     finally:
+        stop.uninstall()
         stop_actors(ray, actors)
     summary = {**compare(before, after), **{k: reward_stats[k] for k in reward_stats if k.startswith("reward/")},
                "ppo/final_kl": rows[-1]["objective/kl"], "ppo/final_beta": rows[-1]["objective/kl_coef_next"],

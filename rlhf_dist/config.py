@@ -146,6 +146,11 @@ class PPOConfig:
     """Max policy versions a sample may lag the learner (0 = synchronous)."""
 
 
+# resources.placement -> Ray's placement group strategy (the soft ones: a strict layout that
+# cannot be met would leave the group pending forever).
+PLACEMENTS = {"pack": "PACK", "spread": "SPREAD"}
+
+
 @dataclass(frozen=True)
 class ResourcesConfig:
     num_rollout_actors: int = 1
@@ -160,8 +165,11 @@ class ResourcesConfig:
     run one after another when staleness=0, so each may use all cores."""
     max_restarts: int = 3
     """Times Ray restarts a dead rollout actor or scorer; the driver then restores its weights."""
-    placement: str = "PACK"
-    """Placement group strategy: PACK or SPREAD."""
+    placement: str = "pack"
+    """How the actors' bundles (one per rollout actor, scorer, learner, reward trainer) sit on
+    the nodes: 'pack' fills as few nodes as possible (fast local hand-offs), 'spread' puts them
+    on as many nodes as possible (a lost node takes fewer actors with it). Both are soft: Ray
+    places the bundles elsewhere when the preferred layout does not fit."""
 
 
 @dataclass(frozen=True)
@@ -381,8 +389,13 @@ def validate(cfg: Config) -> None:
     need(cfg.kl.horizon > 0 and cfg.kl.target > 0 and cfg.kl.init_beta >= 0,
          "kl.horizon and kl.target must be > 0 and kl.init_beta >= 0")
     need(res.torch_threads >= 1, f"resources.torch_threads must be >= 1, got {res.torch_threads}")
-    need(res.placement in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
-         f"resources.placement must be PACK or SPREAD, got {res.placement!r}")
+    need(res.placement in PLACEMENTS,
+         f"resources.placement must be 'pack' or 'spread', got {res.placement!r}")
+    for role in ("rollout", "reward", "learner"):
+        cpus, gpus = getattr(res, f"{role}_cpus"), getattr(res, f"{role}_gpus")
+        need(cpus >= 0 and gpus >= 0 and cpus + gpus > 0,
+             f"resources.{role}_cpus ({cpus:g}) and resources.{role}_gpus ({gpus:g}) must be >= 0 and not both 0 "
+             f"(each actor is a placement group bundle, and a bundle cannot be empty)")
     need(cfg.run.checkpoint_every >= 1, f"run.checkpoint_every must be >= 1, got {cfg.run.checkpoint_every}")
     need(not cfg.run.resume or bool(cfg.run.name), "run.resume needs run.name: the run folder to continue")
     need(cfg.run.eval_queries >= 2, f"run.eval_queries must be >= 2, got {cfg.run.eval_queries}")

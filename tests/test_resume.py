@@ -67,3 +67,43 @@ def test_same_run_name_without_resume_is_refused(tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert "already holds a run: pass --resume" in out
+
+
+def test_resume_ignores_what_a_kill_leaves_behind(tmp_path):
+    from cluster.train import keep_metrics_until
+
+    save_checkpoint(tmp_path, 2, {"step": 2})
+    stale = tmp_path / "checkpoints" / ".tmp-step-00000004-999"          # killed mid-checkpoint
+    stale.mkdir()
+    (stale / "state.pt").write_bytes(b"half a checkpoint")
+    assert latest_checkpoint(tmp_path).name == "step-00000002"
+    metrics = tmp_path / "metrics.jsonl"                                # killed mid-line
+    metrics.write_text('{"step": 0}\n{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 4, "objective/sc')
+    keep_metrics_until(metrics, 2)
+    assert metrics.read_text() == '{"step": 0}\n{"step": 1}\n{"step": 2}\n'
+    save_checkpoint(tmp_path, 3, {"step": 3})
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000002", "step-00000003"]
+
+
+def test_sigterm_stops_at_once_before_ppo_and_at_a_step_boundary_after():
+    import pytest
+
+    from cluster.stopping import EXIT_STOPPED, StopRequest
+
+    said = []
+    previous = signal.getsignal(signal.SIGTERM)                         # ray.init installs one of its own
+    stop = StopRequest(said.append).install()
+    try:
+        with pytest.raises(SystemExit) as e:                            # reward learning: nothing to save
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        assert e.value.code == EXIT_STOPPED == 143
+        stop.graceful = True                                            # PPO loop: finish the step first
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        assert stop.requested
+    finally:
+        stop.uninstall()
+    assert signal.getsignal(signal.SIGTERM) is previous                  # given back on the way out
+    assert said == ["SIGTERM before PPO started: nothing to checkpoint yet, stopping now",
+                    "SIGTERM: stopping after the step in progress (it is checkpointed first)"]
