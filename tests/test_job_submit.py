@@ -21,7 +21,7 @@ except ImportError:
 def ray_head():
     cluster = start_head(num_cpus=4)
     try:
-        yield cluster.dashboard, cluster.env
+        yield cluster
     finally:
         cluster.stop()
 
@@ -64,7 +64,7 @@ def test_runtime_env_excludes_what_must_not_upload():
 
 
 def test_submit_tiny_job(ray_head, tmp_path):
-    address, env = ray_head
+    address, env = ray_head.dashboard, ray_head.env
     out_dir = tmp_path / "runs"
     # The operator's runtime env as it is, `pip` entry included: Ray installs the two wheels
     # with --no-deps into the job's virtualenv (already satisfied here, so nothing downloads).
@@ -80,6 +80,11 @@ def test_submit_tiny_job(ray_head, tmp_path):
     assert (out_dir / "submitted" / "policy" / "config.json").exists()
     code, status = job(address, env, "status", "tiny-submit", timeout=60)
     assert "Job 'tiny-submit' succeeded" in status
+    # Ray ran the runtime env's pip install, with --no-deps, for this job's workers.
+    logs_dir = Path(ray_head.nodes[0].temp_dir) / "session_latest" / "logs"
+    setup = "".join(p.read_text(errors="replace") for p in logs_dir.glob("runtime_env_setup-*.log"))
+    install = [line for line in setup.splitlines() if "pip install" in line or "'install', '-r'" in line]
+    assert install and all("--no-deps" in line for line in install), setup[-3000:]
 
 
 def test_job_stop_then_resume(ray_head_with_grace, tmp_path):
