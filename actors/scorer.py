@@ -16,7 +16,7 @@ from rlhf_dist.experience import RolloutBatch, ScoredBatch, Weights
 from rlhf_dist.models import SplitLM, load_causal_lm, set_torch_threads
 from rlhf_dist.responses import apply_penalty, has_stop, truncate_responses
 from rlhf_dist.reward_model import build_reward_model
-from rlhf_dist.sampling import concat_tokens, response_logprobs
+from rlhf_dist.sampling import Samples, concat_tokens, response_logprobs, sample
 
 
 class RewardScorer:
@@ -58,6 +58,12 @@ class RewardScorer:
         scores = apply_penalty(raw, valid, self.sampling.penalty_reward)
         return ScoredBatch(batch, ref_logprobs, scores, raw, valid, truncated, self.reward_version,
                            time.perf_counter() - start)
+
+    def sample_reference(self, query_tokens: torch.Tensor, samples_per_query: int, seed: int) -> Samples:
+        """Samples of the initial policy rho, for the online loop's validation tuples."""
+        generator = torch.Generator().manual_seed(seed)
+        return sample(self.reference, query_tokens, self.sampling.response_length, self.sampling.temperature,
+                      generator=generator, samples_per_query=samples_per_query, keep_features=False)
 
     def ready(self) -> bool:
         return True

@@ -90,6 +90,10 @@ class Fleet:
         self.reward_weights = weights_ref
         self.reward_version = self.ray.get(self.actors.scorer.set_reward_weights.remote(weights_ref))
 
+    def reward_weights_now(self):
+        """The reward weights the scorer uses (an online fit still running is not among them)."""
+        return self.ray.get(self.reward_weights)
+
     def score(self, batch: RolloutBatch):
         try:
             scored = self.ray.get(self.actors.scorer.score.remote(batch))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from cluster.online import OnlineLabels
 from cluster.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from cluster.stopping import Stopped, StopRequest
 from cluster.supervision import Fleet
@@ -167,12 +168,16 @@ def compare(before: list[dict], after: list[dict]) -> dict:
 # PPO
 
 
-def checkpoint(ray, fleet: Fleet, run_dir: Path, step: int, data_position: int, reward_stats: dict) -> None:
-    """Learner (weights, optimizer, KL, RNG), reward model, rollout RNGs, data position."""
+def checkpoint(ray, fleet: Fleet, run_dir: Path, step: int, data_position: int, reward_stats: dict,
+               online_labels=None) -> None:
+    """Learner (weights, optimizer, KL, RNG), reward model, rollout RNGs, data position, and
+    in online mode the label cursor, posting counters and fits."""
     state = {"step": step, "data_position": data_position, "reward_stats": reward_stats,
              "learner": ray.get(fleet.actors.learner.state_dict.remote()),
-             "reward_weights": ray.get(fleet.actors.reward_trainer.weights.remote()),
-             "rollout_rng": ray.get([a.rng_state.remote() for a in fleet.actors.rollout])}
+             # the scorer's weights: an online fit still running is not part of this step
+             "reward_weights": fleet.reward_weights_now(),
+             "rollout_rng": ray.get([a.rng_state.remote() for a in fleet.actors.rollout]),
+             "online": online_labels.state() if online_labels else None}
     save_checkpoint(run_dir, step, state)
 
 
@@ -189,7 +194,8 @@ def restore(ray, fleet: Fleet, state: dict) -> None:
 
 
 def ppo_loop(ray, fleet: Fleet, task, cfg, labeler, metrics: MetricsLog, reward_stats: dict, run_dir: Path,
-             start_step: int = 1, data_position: int = 0, stop: StopRequest | None = None) -> None:
+             start_step: int = 1, data_position: int = 0, stop: StopRequest | None = None,
+             online_labels=None) -> None:
     num_updates = derived(cfg).num_updates
     stream = data_lib.QueryStream(task.queries.train, cfg.data.seed, position=data_position)
     inflight: deque = deque()   # (rollout refs, stream position after that batch)
@@ -218,6 +224,10 @@ def ppo_loop(ray, fleet: Fleet, task, cfg, labeler, metrics: MetricsLog, reward_
         # runs first, and the new weights apply to the one after it.
         fleet.broadcast(fleet.actors.learner.weights.remote(), stats["policy_version"], wait=cfg.ppo.staleness == 0)
         t_broadcast = time.perf_counter() - t0
+        # Online: post the schedule's label tasks, start or collect reward-model fits.
+        t0 = time.perf_counter()
+        online_record = online_labels.after_update(step) if online_labels else {}
+        t_online = time.perf_counter() - t0
         texts = [task.decode(r) for r in scored.truncated_responses]
         true_scores = labeler.score(texts)
         elapsed = time.perf_counter() - t_step
@@ -230,12 +240,14 @@ def ppo_loop(ray, fleet: Fleet, task, cfg, labeler, metrics: MetricsLog, reward_
                   "time/step_s": elapsed, "data_position": consumed_position,
                   "first_rollout_policy_version": int(batch.policy_versions.min()),
                   "faults/recovered": fleet.recovered}
+        if online_labels:
+            record.update({**online_record, "time/online_s": t_online})
         metrics.write(record)
         stopping = stop is not None and stop.requested
         if step % cfg.run.checkpoint_every == 0 or step == num_updates or stopping:
             # Prefetched batches are not consumed yet: the checkpoint's data position is
             # that of the last batch the learner used, so a resume regenerates them.
-            checkpoint(ray, fleet, run_dir, step, consumed_position, reward_stats)
+            checkpoint(ray, fleet, run_dir, step, consumed_position, reward_stats, online_labels)
         if stopping:
             raise Stopped(step)
         if step % cfg.run.log_every == 0 or step == num_updates:
@@ -243,6 +255,10 @@ def ppo_loop(ray, fleet: Fleet, task, cfg, labeler, metrics: MetricsLog, reward_
                 f"kl {record['objective/kl']:.2f} | beta {record['objective/kl_coef']:.4f} | "
                 f"clipfrac {record['policy/clipfrac']:.3f} | lag {record['policy_version_lag']} | "
                 f"{elapsed:.1f}s ({record['samples_per_s']:.2f} samples/s)")
+        if online_labels and (step % cfg.run.log_every == 0 or step == num_updates):
+            log(f"  labels {record['labels/read']}/{record['labels/posted']} read/posted (due {record['labels/due']}) | "
+                f"reward v{record['reward_version']} | current beats initial "
+                f"{record['online/current_beats_initial']:.2f} on {record['online/validation_n']}")
         if step == start_step:
             log(f"sample: {texts[0]!r}")
 
@@ -268,14 +284,26 @@ def keep_metrics_until(path: Path, step: int) -> None:
 
 def train_and_evaluate(ray, fleet: Fleet, task: Task, cfg: Config, run_dir: Path, stop: StopRequest):
     """Reward learning (or a checkpoint), PPO, evaluation and the saved models."""
-    actors = fleet.actors
     labeler = make_labeler(cfg.labeler)
     eval_queries = task.queries.eval[: cfg.run.eval_queries]
     ckpt = latest_checkpoint(run_dir) if cfg.run.resume else None
     if cfg.run.resume and ckpt is None:
         raise ConfigError(f"run.resume: no complete checkpoint under {run_dir / 'checkpoints'}")
+    online_labels = OnlineLabels(ray, fleet, task, cfg, run_dir, log) if cfg.online.enabled else None
+    try:
+        return _train_and_evaluate(ray, fleet, task, cfg, run_dir, stop, labeler, eval_queries, ckpt, online_labels)
+    finally:
+        if online_labels:
+            online_labels.close()
+
+
+def _train_and_evaluate(ray, fleet, task, cfg, run_dir, stop, labeler, eval_queries, ckpt, online_labels):
+    actors = fleet.actors
     if ckpt is None:
-        reward_stats = learn_reward(ray, fleet, task, cfg, labeler)
+        if online_labels:
+            reward_stats = online_labels.start()
+        else:
+            reward_stats = learn_reward(ray, fleet, task, cfg, labeler)
         before = evaluate_policy(fleet, task, cfg, labeler, eval_queries)
         write_samples(run_dir / "samples_initial", "Initial policy on held-out queries", before)
         metrics = MetricsLog(run_dir / "metrics.jsonl")
@@ -284,6 +312,8 @@ def train_and_evaluate(ray, fleet: Fleet, task: Task, cfg: Config, run_dir: Path
     else:
         state = load_checkpoint(ckpt)
         restore(ray, fleet, state)
+        if online_labels:
+            online_labels.start(restored=state["online"])
         reward_stats, start_step, position = state["reward_stats"], state["step"] + 1, state["data_position"]
         before = [json.loads(line) for line in (run_dir / "samples_initial.jsonl").read_text().splitlines()]
         keep_metrics_until(run_dir / "metrics.jsonl", state["step"])
@@ -291,10 +321,15 @@ def train_and_evaluate(ray, fleet: Fleet, task: Task, cfg: Config, run_dir: Path
         log(f"resumed from {ckpt} (policy version {state['learner']['policy_version']}, data position {position})")
     stop.graceful = True
     try:
-        ppo_loop(ray, fleet, task, cfg, labeler, metrics, reward_stats, run_dir, start_step, position, stop)
+        ppo_loop(ray, fleet, task, cfg, labeler, metrics, reward_stats, run_dir, start_step, position, stop,
+                 online_labels)
     finally:
         metrics.close()
         stop.graceful = False   # evaluation and saving are short: a late SIGTERM ends them at once
+    online_summary = {}
+    if online_labels:
+        online_summary = online_labels.finish()
+        reward_stats = online_labels.fits[-1]   # the reward model that scored the last batches
 
     after = evaluate_policy(fleet, task, cfg, labeler, eval_queries)
     write_samples(run_dir / "samples_final", "Final policy on held-out queries", after)
@@ -302,7 +337,7 @@ def train_and_evaluate(ray, fleet: Fleet, task: Task, cfg: Config, run_dir: Path
     plot_metrics(rows, run_dir / "metrics.png", cfg.kl.target if cfg.kl.adaptive else None)
     ray.get(actors.learner.save.remote(str(run_dir / "policy")))
     ray.get(actors.reward_trainer.save.remote(str(run_dir / "reward_model"), dict(reward_stats)))
-    return before, after, reward_stats, rows
+    return before, after, reward_stats, rows, online_summary
 
 
 def run(cfg: Config) -> dict:
@@ -322,7 +357,7 @@ def run(cfg: Config) -> dict:
         f"{describe_placement(actors.placement_group)}")
     stop = StopRequest(log).install()
     try:
-        before, after, reward_stats, rows = train_and_evaluate(ray, Fleet(ray, actors, log), task, cfg, run_dir, stop)
+        before, after, reward_stats, rows, online_summary = train_and_evaluate(ray, Fleet(ray, actors, log), task, cfg, run_dir, stop)
     except Stopped as e:
         log(f"stopped after step {e.step} (SIGTERM); checkpoint {latest_checkpoint(run_dir)} is complete: "
             f"continue with --resume run.name={run_dir.name}")
@@ -333,7 +368,7 @@ def run(cfg: Config) -> dict:
     summary = {**compare(before, after), **{k: reward_stats[k] for k in reward_stats if k.startswith("reward/")},
                "ppo/final_kl": rows[-1]["objective/kl"], "ppo/final_beta": rows[-1]["objective/kl_coef_next"],
                "ppo/mean_samples_per_s": statistics.fmean(r["samples_per_s"] for r in rows),
-               "wall_s": time.perf_counter() - t_start, "run_dir": str(run_dir)}
+               **online_summary, "wall_s": time.perf_counter() - t_start, "run_dir": str(run_dir)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     log("summary: true score {:.3f} +/- {:.3f} -> {:.3f} +/- {:.3f} (gain {:+.3f} +/- {:.3f}), win rate {:.2f}, "
         "RM held-out accuracy {:.2f}, final KL {:.2f}, wall {:.0f}s".format(

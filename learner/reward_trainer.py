@@ -11,7 +11,8 @@ import torch
 
 from rlhf_dist.config import ModelConfig, RewardConfig
 from rlhf_dist.experience import Comparison, Weights
-from rlhf_dist.models import set_torch_threads
+from rlhf_dist.models import new_reward_head, set_torch_threads
+from rlhf_dist import online
 from rlhf_dist.optim import linear_anneal, make_optimizer, set_lr
 from rlhf_dist.reward_math import best_of_k_loss, normalisation
 from rlhf_dist.reward_model import build_reward_model
@@ -36,7 +37,18 @@ class RewardTrainer:
         self.cfg = reward_cfg
         self.model = build_reward_model(model_cfg, seed=seed)
         self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
         self.version = 0
+        # Online mode (attach_ingest): labels read by cursor, kept for refits from scratch.
+        self.initial_state = self.model.trainable_state()
+        self.reader = None
+        self.labels: dict[str, list[Comparison]] = {online.TRAIN: [], online.HELDOUT: [], online.VALIDATION: []}
+        self.consumed: list[tuple[int, str]] = []     # (sequence, task_id) of every label read
+        self.validation: list[tuple[Optional[int], list[int], int]] = []   # (pick, pi positions, pi version)
+        self.cant_tell = 0
+        self.trainable: list[Comparison] = []          # train + validation labels, in arrival order
+        self.trained_upto = 0                          # how many of them a fit has seen
+        self.norm_tokens = self.norm_features = None
 
     @torch.no_grad()
     def normalise(self, tokens: torch.Tensor, features: Optional[torch.Tensor], batch_size: int = 64) -> dict:
@@ -94,6 +106,126 @@ class RewardTrainer:
         c = torch.cat(correct)
         return {"reward/eval_acc": c.mean().item(), "reward/eval_acc_se": (c.std(unbiased=True) / math.sqrt(len(c))).item(),
                 "reward/eval_loss": sum(losses) / len(c), "reward/eval_n": len(c)}
+
+    # -- online: labels from the ingest service --------------------------------------------
+    def attach_ingest(self, address: str, token: str, query_length: int, response_length: int,
+                      pad_id: int, cursor: int = 0) -> int:
+        """Read labels from the service from `cursor` on; a resumed job passes its saved cursor
+        and the labels before it are read again (a refit from scratch needs all of them)."""
+        from rlhf_dist.ingest.client import IngestClient
+
+        self.reader = IngestClient(address, token, max_retries=3)
+        self.shape = (query_length, response_length, pad_id)
+        self.cursor = 0
+        while self.cursor < cursor:
+            self.pull(limit=cursor - self.cursor)
+        return self.cursor
+
+    def pull(self, limit: int = 1 << 30) -> dict:
+        """Read every label past the cursor (up to `limit`); an unreachable service is not an
+        error: the labels are read on the next call. Returns counts so far."""
+        from rlhf_dist.ingest.validate import IngestError
+
+        new_validation = 0
+        try:
+            while limit > 0:
+                items, next_cursor = self.reader.read_labels(self.cursor, min(1000, limit))
+                if not items:
+                    break
+                for item in items:
+                    new_validation += self._keep(item)
+                limit -= len(items)
+                self.cursor = next_cursor
+            reachable = True
+        except IngestError as err:
+            if err.code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"):
+                raise
+            reachable = False
+        return {"labels/read": len(self.consumed), "labels/cursor": self.cursor, "labels/cant_tell": self.cant_tell,
+                "labels/train": len(self.labels[online.TRAIN]), "labels/heldout": len(self.labels[online.HELDOUT]),
+                "labels/validation": len(self.labels[online.VALIDATION]), "labels/new_validation": new_validation,
+                "labels/ingest_reachable": reachable}
+
+    def _keep(self, item) -> int:
+        task, label = item.task, item.label
+        self.consumed.append((item.sequence, task.task_id))
+        kind = task.metadata.get("kind", online.TRAIN)
+        versions = [int(v) for v in task.metadata.get("policy_versions", "0").split(",")]
+        if kind == online.VALIDATION:
+            positions = [int(p) for p in task.metadata["current_positions"].split(",")]
+            self.validation.append((None if label.cant_tell else label.chosen_index, positions, max(versions)))
+        if label.cant_tell:
+            self.cant_tell += 1
+            return int(kind == online.VALIDATION)
+        q, r, pad = self.shape
+        comparison = online.comparison_from_tokens(task.query_token_ids, task.sample_token_ids, label.chosen_index,
+                                                   q, r, pad, max(versions))
+        self.labels[kind].append(comparison)
+        if kind != online.HELDOUT:   # validation tuples are trained on too (paper)
+            self.trainable.append(comparison)
+        return int(kind == online.VALIDATION)
+
+    def validation_outcomes(self, start: int = 0) -> list[tuple[Optional[int], list[int], int]]:
+        return self.validation[start:]
+
+    def consumed_labels(self) -> list[tuple[int, str]]:
+        return list(self.consumed)
+
+    def set_norm_samples(self, tokens: torch.Tensor, features: Optional[torch.Tensor]) -> int:
+        """Untruncated samples of the initial policy, for normalisation before and after each fit."""
+        self.norm_tokens, self.norm_features = tokens, features
+        return tokens.shape[0]
+
+    @torch.no_grad()
+    def _fill_features(self, comparisons: list[Comparison], batch_size: int = 64) -> None:
+        """Trunk features of labels read from the service, once: the trunk is frozen, so they
+        serve every later fit."""
+        todo = [c for c in comparisons if c.trunk_features is None]
+        if self.model.lm.trunk is None or not todo:
+            return
+        for i in range(0, len(todo), batch_size // 4):
+            chunk = todo[i:i + batch_size // 4]
+            tokens, _, _ = stack_comparisons(chunk)
+            feats = self.model.lm.trunk_features(tokens)
+            k = chunk[0].response_tokens.shape[0]
+            for j, c in enumerate(chunk):
+                c.trunk_features = feats[j * k:(j + 1) * k]
+
+    def _reset(self) -> None:
+        """Back to the initial backbone with a new random head (gain 1, bias 0)."""
+        self.model.load_trainable_state(self.initial_state)
+        fresh = new_reward_head(self.model.lm.hidden_size, torch.Generator().manual_seed(self.seed + self.version + 1))
+        with torch.no_grad():
+            self.model.head.weight.copy_(fresh.weight)
+            self.model.head.bias.copy_(fresh.bias)
+
+    def fit(self, from_scratch: bool = True) -> dict:
+        """One online fit: read new labels, then (from scratch: on all of them; continued: on
+        the ones no fit has seen) one epoch, normalised before and after on initial-policy
+        samples, accuracy on the held-out labels. Publishes a new version."""
+        counts = self.pull()
+        trainable = list(self.trainable)
+        batch = trainable if from_scratch else trainable[self.trained_upto:]
+        if len(batch) < self.cfg.batch_size:
+            return {**counts, "reward/skipped": 1.0, "reward/version": self.version}
+        self._fill_features(trainable + self.labels[online.HELDOUT])
+        if from_scratch:
+            self._reset()
+        before = self.normalise(self.norm_tokens, self.norm_features)
+        stats = self.train(batch)
+        after = self.normalise(self.norm_tokens, self.norm_features)
+        stats.update(self.evaluate(self.labels[online.HELDOUT]))
+        self.trained_upto = len(trainable)
+        stats.update(counts)
+        stats.update({"reward/gain": after["gain"], "reward/bias": after["bias"], "reward/gain_before": before["gain"],
+                      "reward/fit_labels": len(batch), "reward/skipped": 0.0})
+        return stats
+
+    def online_state(self) -> dict:
+        return {"cursor": self.cursor if self.reader else 0, "trained_upto": self.trained_upto}
+
+    def load_online_state(self, state: dict) -> None:
+        self.trained_upto = state["trained_upto"]
 
     def weights(self) -> Weights:
         return Weights.from_torch(self.version, self.model.trainable_state())

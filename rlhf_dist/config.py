@@ -146,6 +146,51 @@ class PPOConfig:
     """Max policy versions a sample may lag the learner (0 = synchronous)."""
 
 
+ONLINE_SCHEDULES = ("front_loaded", "uniform")
+
+
+@dataclass(frozen=True)
+class OnlineConfig:
+    """Online data collection (PAPER.md section 4): while PPO runs, the current policy's
+    samples go to the ingest service as comparison tasks, labelers answer through it, and the
+    reward model is refit on all labels so far, the scorer switching between PPO batches."""
+    enabled: bool = False
+    """Off: the offline job (labels from the initial policy, one reward model)."""
+    labels: int = 512
+    """Comparison tasks posted over the run for training and held-out accuracy (validation
+    tuples come on top)."""
+    initial_fraction: float = 0.5
+    """Share of `labels` posted from the initial policy before the first PPO update; the first
+    fit waits for them (the paper trains r before the first episode)."""
+    schedule: str = "front_loaded"
+    """How the rest is spread over the updates: 'front_loaded' (rate falling linearly to 0)
+    or 'uniform'. The paper's exact schedule is not public."""
+    num_fits: int = 4
+    """Reward-model fits over the run, the first before PPO, the others evenly spaced
+    (paper: 20 over 2M episodes)."""
+    retrain: str = "scratch"
+    """'scratch': each fit starts again from the initial backbone and a new head and makes one
+    epoch over all labels so far (the paper); 'continue': one epoch from the current weights."""
+    heldout_fraction: float = 0.125
+    """Share of posted tasks drawn from held-out queries and never trained on: the accuracy
+    of each reward-model version is measured on them."""
+    validation_per_update: int = 2
+    """Validation tuples per PPO update: 2 samples of the initial policy and 2 of the current
+    one, shuffled; they give the "current beats initial" rate and are trained on too (paper)."""
+    async_fits: bool = False
+    """True: a fit runs beside PPO and the scorer switches when it is done. False: PPO pauses
+    for the fit (not for labelers). On a 2-core machine the two would share the cores."""
+    ingest_address: str = ""
+    """host:port of a running ingest service (its job token in $RLHF_INGEST_JOB_TOKEN). Empty:
+    the job starts its own as a child process, data in the run folder."""
+    spawn_labeler: bool = True
+    """Start the simulated labeler (its own process, leasing and labeling through the service)."""
+    labeler_latency_s: float = 0.0
+    """Simulated labeler's delay per label (a person takes minutes)."""
+    wait_for_labels_s: float = 600.0
+    """How long the first fit and the final drain wait for outstanding labels."""
+
+
 # resources.placement -> Ray's placement group strategy (the soft ones: a strict layout that
 # cannot be met would leave the group pending forever).
 PLACEMENTS = {"pack": "PACK", "spread": "SPREAD"}
@@ -200,6 +245,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     kl: KLConfig = field(default_factory=KLConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -399,6 +445,37 @@ def validate(cfg: Config) -> None:
     need(cfg.run.checkpoint_every >= 1, f"run.checkpoint_every must be >= 1, got {cfg.run.checkpoint_every}")
     need(not cfg.run.resume or bool(cfg.run.name), "run.resume needs run.name: the run folder to continue")
     need(cfg.run.eval_queries >= 2, f"run.eval_queries must be >= 2, got {cfg.run.eval_queries}")
+    validate_online(cfg)
+
+
+def validate_online(cfg: Config) -> None:
+    o = cfg.online
+    if not o.enabled:
+        return
+
+    def need(ok: bool, msg: str):
+        if not ok:
+            raise ConfigError(msg)
+
+    need(o.schedule in ONLINE_SCHEDULES, f"online.schedule must be one of {ONLINE_SCHEDULES}, got {o.schedule!r}")
+    need(o.retrain in ("scratch", "continue"), f"online.retrain must be 'scratch' or 'continue', got {o.retrain!r}")
+    need(0.0 < o.initial_fraction <= 1.0, f"online.initial_fraction must be in (0, 1], got {o.initial_fraction}")
+    need(0.0 <= o.heldout_fraction < 0.5, f"online.heldout_fraction must be in [0, 0.5), got {o.heldout_fraction}")
+    first = int(o.labels * o.initial_fraction)
+    first_train = first - int(first * o.heldout_fraction)
+    need(first_train >= cfg.reward.batch_size,
+         f"online.labels x online.initial_fraction x (1 - online.heldout_fraction) = {first_train} comparisons "
+         f"for the first fit, fewer than reward.batch_size ({cfg.reward.batch_size}); raise online.labels")
+    need(1 <= o.num_fits <= derived(cfg).num_updates,
+         f"online.num_fits must be in [1, {derived(cfg).num_updates}] (the PPO updates), got {o.num_fits}")
+    need(o.validation_per_update >= 0, f"online.validation_per_update must be >= 0, got {o.validation_per_update}")
+    need(o.labeler_latency_s >= 0, f"online.labeler_latency_s must be >= 0, got {o.labeler_latency_s}")
+    need(o.wait_for_labels_s > 0, f"online.wait_for_labels_s must be > 0, got {o.wait_for_labels_s}")
+    need(cfg.reward.k == 4 or o.validation_per_update == 0,
+         "online.validation_per_update needs reward.k = 4 (2 initial + 2 current samples)")
+    if o.ingest_address:
+        host, _, port = o.ingest_address.rpartition(":")
+        need(bool(host) and port.isdigit(), f"online.ingest_address must be host:port, got {o.ingest_address!r}")
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -1,4 +1,4 @@
-"""`rlhf-dist ingest serve | export | label`, also runnable as `python -m rlhf_dist.ingest.cli`.
+"""`rlhf-dist ingest serve | export | label | simulate`, also runnable as `python -m rlhf_dist.ingest.cli`.
 
 Tokens come from --job-token / --labeler-token (repeatable), a --tokens-file with lines
 `job TOKEN` / `labeler TOKEN`, or the environment (RLHF_INGEST_JOB_TOKENS and
@@ -55,6 +55,24 @@ def _add_label(sub) -> None:
     p.add_argument("--labeler-id", required=True)
     p.add_argument("--tls-root-cert", help="PEM root certificate to trust (TLS)")
     p.add_argument("--lease-seconds", type=float, default=900.0)
+
+
+def _add_simulate(sub) -> None:
+    p = sub.add_parser("simulate", help="the simulated labeler (VADER) as a labeling client, until SIGTERM")
+    p.add_argument("--address", default=f"127.0.0.1:{DEFAULT_PORT}")
+    p.add_argument("--token", default=os.environ.get("RLHF_INGEST_TOKEN"),
+                   help="labeler token (default: $RLHF_INGEST_TOKEN)")
+    p.add_argument("--labeler-id", default="sim-vader")
+    p.add_argument("--tls-root-cert", help="PEM root certificate to trust (TLS)")
+    p.add_argument("--latency-s", type=float, default=0.0, help="delay per label")
+    p.add_argument("--batch", type=int, default=16, help="tasks per lease")
+    p.add_argument("--lease-seconds", type=float, default=60.0)
+    p.add_argument("--max-labels", type=int, default=None, help="exit after this many acknowledged labels")
+    p.add_argument("--acks-file", help="append each acknowledgement here (JSON lines)")
+    p.add_argument("--tie-margin", type=float, default=0.0)
+    p.add_argument("--on-tie", choices=("random", "cant_tell"), default="cant_tell")
+    p.add_argument("--noise", type=float, default=0.0, help="probability of a uniformly random pick")
+    p.add_argument("--seed", type=int, default=1234)
 
 
 def read_tokens(args) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -126,6 +144,27 @@ def _label(args) -> int:
     return 0
 
 
+def _simulate(args) -> int:
+    from rlhf_dist.ingest.client import IngestClient
+    from rlhf_dist.ingest.sim_labeler import run_simulated_labeler
+    from rlhf_dist.labelers import VaderLabeler
+
+    if not args.token:
+        print("ingest simulate: no token (--token or $RLHF_INGEST_TOKEN)", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    log = logging.getLogger("rlhf_dist.ingest.simulate")
+    labeler = VaderLabeler(args.tie_margin, args.on_tie, args.noise, args.seed)
+    with IngestClient(args.address, args.token, tls_root_cert=args.tls_root_cert) as client:
+        acked = run_simulated_labeler(client, labeler, args.labeler_id, stop, latency_s=args.latency_s,
+                                      batch=args.batch, lease_seconds=args.lease_seconds,
+                                      max_labels=args.max_labels, acks_file=args.acks_file, log=log.warning)
+    log.info("%s: %d labels acknowledged", args.labeler_id, acked)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlhf-dist ingest",
                                      description="the comparison-ingest service")
@@ -133,10 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     _add_serve(sub)
     _add_export(sub)
     _add_label(sub)
+    _add_simulate(sub)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=getattr(args, "log_level", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return {"serve": _serve, "export": _export, "label": _label}[args.command](args)
+    return {"serve": _serve, "export": _export, "label": _label, "simulate": _simulate}[args.command](args)
 
 
 if __name__ == "__main__":
