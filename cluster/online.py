@@ -35,6 +35,27 @@ TOKEN_ENV = "RLHF_INGEST_JOB_TOKEN"
 WINDOW = 32   # validation labels in the rolling "current beats initial" rate
 
 
+def check_ingest_service(cfg: Config, timeout_s: float = 10.0) -> str:
+    """The operator's ingest service (online.ingest_address) answers and takes the job token
+    from $RLHF_INGEST_JOB_TOKEN; returns the token. Runs at launch, before Ray starts, so a
+    wrong address or token fails in seconds with the fix in the message."""
+    from rlhf_dist.ingest.client import IngestClient
+
+    address = cfg.online.ingest_address
+    token = os.environ.get(TOKEN_ENV, "")
+    if not token:
+        raise ConfigError(f"online.ingest_address={address}: set ${TOKEN_ENV} to the service's job token")
+    with IngestClient(address, token) as client:
+        try:
+            client.wait_ready(timeout_s=timeout_s)
+            client.stats()   # a job-only call: a wrong or labeler token fails here
+        except Exception as err:   # TimeoutError, or IngestError (UNAUTHENTICATED, ...)
+            raise ConfigError(f"online.ingest_address={address}: the ingest service is not reachable "
+                              f"({err}); start it with `rlhf-dist ingest serve` or leave the address "
+                              f"empty to let the job start one") from None
+    return token
+
+
 class OnlineLabels:
     def __init__(self, ray, fleet, task, cfg: Config, run_dir: Path, log):
         self.ray, self.fleet, self.task, self.cfg, self.log = ray, fleet, task, cfg, log
@@ -61,12 +82,7 @@ class OnlineLabels:
     # -- processes -------------------------------------------------------------------------
     def _ingest(self) -> tuple[str, str]:
         if self.o.ingest_address:
-            token = os.environ.get(TOKEN_ENV, "")
-            if not token:
-                raise ConfigError(f"online.ingest_address={self.o.ingest_address}: set ${TOKEN_ENV} to the "
-                                  f"service's job token")
-            self._check_reachable(self.o.ingest_address, token)
-            return self.o.ingest_address, token
+            return self.o.ingest_address, check_ingest_service(self.cfg)
         from rlhf_dist.ingest.process import LocalIngestServer
 
         job, self.labeler_token = secrets.token_hex(16), secrets.token_hex(16)
@@ -75,19 +91,6 @@ class OnlineLabels:
         self.log(f"ingest service started as a child process on {self.server.address} "
                  f"(data {self.run_dir / 'ingest'}, log ingest.log)")
         return self.server.address, job
-
-    @staticmethod
-    def _check_reachable(address: str, token: str) -> None:
-        from rlhf_dist.ingest.client import IngestClient
-
-        with IngestClient(address, token) as client:
-            try:
-                client.wait_ready(timeout_s=20.0)
-                client.stats()
-            except Exception as err:   # TimeoutError, or IngestError (e.g. a wrong token)
-                raise ConfigError(f"online.ingest_address={address}: the ingest service is not reachable "
-                                  f"({err}); start it with `rlhf-dist ingest serve` or leave the address "
-                                  f"empty to let the job start one") from None
 
     def _start_labeler(self) -> None:
         if not (self.o.spawn_labeler and self.labeler_token):
@@ -160,6 +163,9 @@ class OnlineLabels:
                         for j, (i, kind) in enumerate(zip(idx, kinds))]
             self.posted["train"] += len(idx)
             self.pending_post = self.requester.post.remote(requests)
+            done = min(start + chunk, n)
+            if n > chunk and (done == n or (start // chunk) % 4 == 3):   # the initial tasks take minutes
+                self.log(f"online: sampled {done}/{n} comparison tasks")
         if not collect_norm:
             return None, None
         tokens = torch.cat(norm_tokens)[:collect_norm]
@@ -171,9 +177,10 @@ class OnlineLabels:
         if n == 0:
             return
         queries = self.task.pad(self.label_stream.next_batch(n), self.cfg.data.query_length)
-        pending = self.fleet.dispatch(queries, 2)
+        # One after the other: the two samplers overlapping on the same cores makes each wait at
+        # its thread barriers (measured here: ~15 s per update for these 8 samples, ~3 s in turn).
+        pi = self.fleet.gather(self.fleet.dispatch(queries, 2))
         rho = self.ray.get(self.fleet.actors.scorer.sample_reference.remote(queries, 2, self.cfg.run.seed + step))
-        pi = self.fleet.gather(pending)
         requests = []
         for j in range(n):
             index = self.posted["validation"] + j

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from cluster.online import OnlineLabels
 from cluster.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from cluster.online import OnlineLabels, check_ingest_service
 from cluster.stopping import Stopped, StopRequest
 from cluster.supervision import Fleet
 from cluster.topology import check_resources, connect, describe_placement, start_actors, stop_actors
@@ -343,6 +343,8 @@ def _train_and_evaluate(ray, fleet, task, cfg, run_dir, stop, labeler, eval_quer
 def run(cfg: Config) -> dict:
     t_start = time.perf_counter()
     task = prepare_task(cfg)
+    if cfg.online.enabled and cfg.online.ingest_address:
+        check_ingest_service(cfg)
     run_dir = make_run_dir(cfg.run.output_dir, cfg.run.name)
     if not cfg.run.resume and (run_dir / "metrics.jsonl").exists():
         raise ConfigError(f"run folder {run_dir} already holds a run: pass --resume to continue it "
