@@ -1,7 +1,7 @@
 """`rlhf-dist`: the command line. It sits at the top of the dependency graph.
 
   rlhf-dist train --config configs/default.yaml [section.key=value ...]
-  rlhf-dist ingest serve|export|label ...      (the comparison-ingest service)
+  rlhf-dist ingest serve|export|label|simulate ...   (the comparison-ingest service)
 """
 from __future__ import annotations
 
@@ -23,11 +23,12 @@ def train_main(argv: list[str]) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     from cluster.stopping import EXIT_STOPPED
+    from cluster.topology import ResourceError
     from cluster.train import run
 
     try:
         summary = run(cfg)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, ResourceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     # A run stopped by SIGTERM is checkpointed but not finished: say so to scripts.

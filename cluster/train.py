@@ -28,7 +28,7 @@ from rlhf_dist.experience import Comparison
 from rlhf_dist.labelers import make_labeler
 from rlhf_dist.models import check_model_name, load_tokenizer
 from rlhf_dist.responses import truncate_responses
-from rlhf_dist.run_output import MetricsLog, make_run_dir, plot_metrics, read_metrics, write_samples
+from rlhf_dist.run_output import MetricsLog, make_run_dir, plot_metrics, read_metrics, write_samples, write_summary
 
 
 def log(msg: str) -> None:
@@ -256,7 +256,8 @@ def ppo_loop(ray, fleet: Fleet, task, cfg, labeler, metrics: MetricsLog, reward_
                 f"clipfrac {record['policy/clipfrac']:.3f} | lag {record['policy_version_lag']} | "
                 f"{elapsed:.1f}s ({record['samples_per_s']:.2f} samples/s)")
         if online_labels and (step % cfg.run.log_every == 0 or step == num_updates):
-            log(f"  labels {record['labels/read']}/{record['labels/posted']} read/posted (due {record['labels/due']}) | "
+            log(f"  labels {record['labels/read']}/{record['labels/posted'] + record['labels/validation_posted']} "
+                f"read/posted (schedule: {record['labels/posted']}/{record['labels/due']} posted/due) | "
                 f"reward v{record['reward_version']} | current beats initial "
                 f"{record['online/current_beats_initial']:.2f} on {record['online/validation_n']}")
         if step == start_step:
@@ -337,6 +338,8 @@ def _train_and_evaluate(ray, fleet, task, cfg, run_dir, stop, labeler, eval_quer
     plot_metrics(rows, run_dir / "metrics.png", cfg.kl.target if cfg.kl.adaptive else None)
     ray.get(actors.learner.save.remote(str(run_dir / "policy")))
     ray.get(actors.reward_trainer.save.remote(str(run_dir / "reward_model"), dict(reward_stats)))
+    for folder in ("policy", "reward_model"):   # each folder usable on its own
+        task.tokenizer.save_pretrained(str(run_dir / folder))
     return before, after, reward_stats, rows, online_summary
 
 
@@ -371,7 +374,7 @@ def run(cfg: Config) -> dict:
                "ppo/final_kl": rows[-1]["objective/kl"], "ppo/final_beta": rows[-1]["objective/kl_coef_next"],
                "ppo/mean_samples_per_s": statistics.fmean(r["samples_per_s"] for r in rows),
                **online_summary, "wall_s": time.perf_counter() - t_start, "run_dir": str(run_dir)}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_summary(run_dir / "summary.json", summary)
     log("summary: true score {:.3f} +/- {:.3f} -> {:.3f} +/- {:.3f} (gain {:+.3f} +/- {:.3f}), win rate {:.2f}, "
         "RM held-out accuracy {:.2f}, final KL {:.2f}, wall {:.0f}s".format(
             summary["eval/true_score_initial"], summary["eval/true_score_initial_se"], summary["eval/true_score_final"],

@@ -35,6 +35,11 @@ class MetricsLog:
         self._fh.close()
 
 
+def write_summary(path: Path, summary: dict) -> None:
+    """summary.json, strict JSON: a rate with nothing to count (NaN) is written as null."""
+    path.write_text(json.dumps({k: _clean(v) for k, v in summary.items()}, indent=2))
+
+
 def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 

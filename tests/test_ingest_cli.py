@@ -78,6 +78,29 @@ def test_serve_refuses_without_tokens(tmp_path):
     assert out.returncode == 2 and "no tokens configured" in out.stderr
 
 
+def test_bad_files_and_refused_tokens_are_one_line_and_exit_2(tmp_path):
+    bad = tmp_path / "tokens"
+    bad.write_text("bogus line\n")
+    out = _serve(["--tokens-file", str(bad)], tmp_path)
+    assert out.returncode == 2 and f"{bad}:1: expected 'job TOKEN' or 'labeler TOKEN'" in out.stderr
+    assert "Traceback" not in out.stderr
+    out = _serve(["--tokens-file", str(tmp_path / "missing")], tmp_path)
+    assert out.returncode == 2 and "No such file or directory" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run([sys.executable, "-m", "rlhf_dist.ingest.cli", "export", "--data-dir",
+                          str(tmp_path / "nope"), "--out", str(tmp_path / "l.parquet")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "rlhf-dist ingest export:" in out.stderr and "Traceback" not in out.stderr
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        out = subprocess.run([sys.executable, "-m", "rlhf_dist.ingest.cli", "label", "--address", server.address,
+                              "--labeler-id", "ann"],
+                             capture_output=True, text=True, timeout=60, input="q\n",
+                             env={**os.environ, "RLHF_INGEST_TOKEN": "wrong"})
+    finally:
+        server.terminate()
+    assert out.returncode == 2 and "UNAUTHENTICATED" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_serve_refuses_a_damaged_closed_segment(tmp_path):
     from rlhf_dist.ingest.store import IngestStore, StoreConfig
 

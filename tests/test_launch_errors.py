@@ -65,3 +65,12 @@ def test_ingest_service_refusing_the_job_token_fails_before_ray(tmp_path):
     assert f"online.ingest_address={server.address}: the ingest service is not reachable" in proc.stderr
     assert "PERMISSION_DENIED" in proc.stderr
     assert "Started a local Ray instance" not in proc.stderr + proc.stdout
+
+
+def test_more_gpus_than_the_cluster_has_is_one_line_and_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "cluster.entrypoint", "--config", "configs/tiny.yaml",
+                           "resources.learner_gpus=1", f"run.output_dir={tmp_path}"],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2
+    assert "error: " in proc.stderr and "asks for 1 GPUs" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -49,7 +49,8 @@ def test_tiny_run_end_to_end(ray_local, tmp_path):
     run_dir = tmp_path / "e2e"
     for name in ("config.yaml", "metrics.jsonl", "metrics.png", "samples_initial.md", "samples_final.md",
                  "summary.json", "policy/config.json", "policy/model.safetensors", "policy/value_head.pt",
-                 "reward_model/config.json", "reward_model/reward_head.pt"):
+                 "reward_model/config.json", "reward_model/reward_head.pt",
+                 "policy/tokenizer.json", "reward_model/tokenizer.json"):   # each folder stands alone
         assert (run_dir / name).exists(), name
     rows = read_metrics(run_dir / "metrics.jsonl")
     steps = [r["step"] for r in rows]

@@ -176,7 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=getattr(args, "log_level", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return {"serve": _serve, "export": _export, "label": _label, "simulate": _simulate}[args.command](args)
+    command = {"serve": _serve, "export": _export, "label": _label, "simulate": _simulate}[args.command]
+    from rlhf_dist.ingest.validate import IngestError
+
+    try:
+        return command(args)
+    except (OSError, ValueError, TimeoutError, IngestError) as err:
+        # A missing or bad file, a refused token, a service that does not answer: one line,
+        # exit 2 (a refused start), not a traceback.
+        print(f"rlhf-dist ingest {args.command}: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
