@@ -16,9 +16,6 @@ from rlhf_dist.ingest.validate import IngestError
 from rlhf_dist.models import load_tokenizer
 from rlhf_dist.responses import truncate_responses
 
-RETRYABLE_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED")
-
-
 @dataclass
 class TaskRequest:
     """One comparison to post: a query and k untruncated samples (k = 4)."""
@@ -68,7 +65,7 @@ class LabelRequester:
                 self.posted += len(self.backlog)
                 self.backlog = []
             except IngestError as err:
-                if err.code not in RETRYABLE_CODES:
+                if not err.retryable:
                     raise
                 self.errors += 1   # the service is down: keep them for the next call
         return {"posted": self.posted, "backlog": len(self.backlog), "post_errors": self.errors}

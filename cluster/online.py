@@ -76,13 +76,12 @@ class OnlineLabels:
         self.heldout_stream = data_lib.QueryStream(task.queries.eval, cfg.data.seed + 1)
         self.fits: list[dict] = []
         self.validation_seen = []      # (pick, positions, version) of validation labels read
-        self.last_counts: dict = {}
         self.post_status: dict = {}
 
     # -- processes -------------------------------------------------------------------------
     def _ingest(self) -> tuple[str, str]:
-        if self.o.ingest_address:
-            return self.o.ingest_address, check_ingest_service(self.cfg)
+        if self.o.ingest_address:   # reachable with this token: checked at launch (check_ingest_service)
+            return self.o.ingest_address, os.environ[TOKEN_ENV]
         from rlhf_dist.ingest.process import LocalIngestServer
 
         job, self.labeler_token = secrets.token_hex(16), secrets.token_hex(16)
@@ -255,7 +254,6 @@ class OnlineLabels:
             if done:
                 self.post_status = self.ray.get(self.pending_post)
         counts = self.ray.get(self.trainer.pull.remote())
-        self.last_counts = counts
         if counts["labels/new_validation"]:
             self.validation_seen = self.ray.get(self.trainer.validation_outcomes.remote())
         if step in self.fit_at and self.pending_fit is None and step < self.num_updates:

@@ -138,7 +138,7 @@ class RewardTrainer:
                 self.cursor = next_cursor
             reachable = True
         except IngestError as err:
-            if err.code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"):
+            if not err.retryable:
                 raise
             reachable = False
         return {"labels/read": len(self.consumed), "labels/cursor": self.cursor, "labels/cant_tell": self.cant_tell,

@@ -21,14 +21,9 @@ from rlhf_dist.ingest import convert as C
 from rlhf_dist.ingest.schema import (ComparisonTask, Label, LabelAck, LabeledComparison,
                                      LeaseGrant, TaskAck)
 from rlhf_dist.ingest.server import DEFAULT_MAX_MESSAGE_BYTES, SERVICE_NAME
-from rlhf_dist.ingest.validate import IngestError
+from rlhf_dist.ingest.validate import RETRYABLE_CODES, IngestError
 
-# A server restart looks like UNAVAILABLE; a slow fsync like DEADLINE_EXCEEDED; a call that
-# reached a server already shutting down, before any handler took it, is CANCELLED
-# (grpc/grpc#41785; this client never cancels its own calls). All are worth another try;
-# every other code means the request itself is wrong.
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-             grpc.StatusCode.CANCELLED}
+RETRYABLE = {grpc.StatusCode[name] for name in RETRYABLE_CODES}   # which and why: see validate.py
 REQUEST_MARGIN_BYTES = 64 * 1024
 
 

@@ -20,9 +20,6 @@ from typing import Optional
 from rlhf_dist.ingest.schema import CANT_TELL_INDEX, Label
 from rlhf_dist.ingest.validate import IngestError
 
-RETRYABLE_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED")
-
-
 def label_task(labeler, task, labeler_id: str) -> Label:
     pick = labeler.pick(task.samples)
     if pick.best is None:
@@ -42,7 +39,7 @@ def run_simulated_labeler(client, labeler, labeler_id: str, stop: threading.Even
             try:
                 tasks = client.lease(labeler_id, batch, lease_seconds)
             except IngestError as err:
-                if err.code not in RETRYABLE_CODES:
+                if not err.retryable:
                     raise
                 log(f"ingest service unreachable ({err.code}); waiting")
                 stop.wait(1.0)
@@ -65,7 +62,7 @@ def run_simulated_labeler(client, labeler, labeler_id: str, stop: threading.Even
                         acks.flush()
                     break
                 except IngestError as err:
-                    if err.code not in RETRYABLE_CODES or stop.is_set():
+                    if not err.retryable or stop.is_set():
                         raise
                     log(f"submit failed ({err.code}); resending {len(labels)} labels")
                     time.sleep(1.0)

@@ -19,6 +19,13 @@ from rlhf_dist.ingest.schema import CANT_TELL_INDEX, DEFAULT_K, ComparisonTask, 
 _ID_RE = re.compile(r"[A-Za-z0-9._:/@+=-]+")  # fullmatch: "$" would let a trailing \n in
 
 
+# A server restart looks like UNAVAILABLE; a slow fsync like DEADLINE_EXCEEDED; a call that
+# reached a server already shutting down, before any handler took it, is CANCELLED
+# (grpc/grpc#41785; the client never cancels its own calls). All are worth another try;
+# every other code means the request itself is wrong.
+RETRYABLE_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"})
+
+
 class IngestError(Exception):
     """A refused request: `code` is a grpc.StatusCode name, `message` names the field."""
 
@@ -26,6 +33,12 @@ class IngestError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+    @property
+    def retryable(self) -> bool:
+        """The service could not be reached or answer in time: the same request may succeed
+        later (submission is idempotent, so a resend is safe)."""
+        return self.code in RETRYABLE_CODES
 
 
 @dataclass(frozen=True)
